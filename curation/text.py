@@ -1,0 +1,50 @@
+"""Text normalisation and content ids: every stage names texts, pairs and requests by these hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+
+import polars as pl
+
+_WS = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """Unicode NFC, every whitespace run (tabs, newlines, NBSP...) to one space, stripped."""
+    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()[:20]
+
+
+def text_id(normalized_text: str) -> str:
+    """Content id of an already normalised text."""
+    return _hash("text", normalized_text)
+
+
+def pair_id(source_id: str, candidate_id: str) -> str:
+    return _hash("pair", source_id, candidate_id)
+
+
+def request_id(teacher: str, model: str, prompt_version: str, params: dict, source_id: str, sample: int) -> str:
+    """Id of one teacher request: same teacher, model, prompt, parameters, source and sample -> same id."""
+    canon = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return _hash("request", teacher, model, prompt_version, canon, source_id, str(sample))
+
+
+def normalize_expr(col: str) -> pl.Expr:
+    """Vectorised `normalize` for a Polars string column (NFC + whitespace collapse + strip)."""
+    return pl.col(col).str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def text_id_expr(col: str) -> pl.Expr:
+    """Vectorised `text_id` (same values as the scalar function)."""
+    return pl.col(col).map_elements(text_id, return_dtype=pl.String)

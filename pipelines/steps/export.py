@@ -1,0 +1,178 @@
+"""Export step: write the workdir's usable pairs as `exports/NAME/VERSION/`, never overwriting a version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+
+import polars as pl
+
+from curation.export import SPLITS, assign_splits, card_metadata, render_card, write_dataset
+from pipelines.manifest import latest_manifests
+from pipelines.store import Workdir, atomic_write_json
+from schemas.errors import StateError
+from schemas.recipe import ExportConfig
+
+
+def existing_versions(wd: Workdir, name: str) -> list[tuple[int, int, int]]:
+    folder = wd.root / "exports" / name
+    out = []
+    for p in folder.glob("*") if folder.is_dir() else []:
+        parts = p.name.split(".")
+        if p.is_dir() and len(parts) == 3 and all(x.isdigit() for x in parts):
+            out.append(tuple(int(x) for x in parts))
+    return sorted(out)
+
+
+def next_version(wd: Workdir, name: str, asked: str | None) -> str:
+    versions = existing_versions(wd, name)
+    if asked:
+        if tuple(int(x) for x in asked.split(".")) in versions:
+            raise StateError(f"{wd.root / 'exports' / name / asked}: version {asked} exists and is never "
+                             "overwritten; pass another --version or omit it to bump the patch number")
+        return asked
+    if not versions:
+        return "0.1.0"
+    major, minor, patch = versions[-1]
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def exportable_pairs(wd: Workdir, include_source_copies: bool) -> pl.DataFrame:
+    """Pairs joined with their source text and teacher lineage; repeats (and source copies) left out."""
+    cands = wd.scan("candidates").filter(~pl.col("is_repeat"))
+    if not include_source_copies:
+        cands = cands.filter(~pl.col("is_source_copy"))
+    gens = wd.scan("generations").select("request_id", pl.col("model").alias("teacher_model"),
+                                         "prompt_version")
+    src = wd.scan("sources").select("source_id", pl.col("text").alias("source"))
+    return (cands.join(src, on="source_id").join(gens, on="request_id")
+            .select("pair_id", "source_id", "source", "paraphrase", "request_id", "teacher_model",
+                    "prompt_version")
+            .sort("pair_id").collect())
+
+
+def _lineage(wd: Workdir) -> dict:
+    counts = {t: wd.count(t) for t in ("sources", "quarantine", "source_duplicates", "generations",
+                                       "candidates")}
+    gens = wd.scan("generations")
+    counts["parse_errors"] = gens.filter(pl.col("parse_error").is_not_null()).select(pl.len()).collect().item()
+    cands = wd.scan("candidates")
+    counts["source_copies"] = cands.filter(pl.col("is_source_copy")).select(pl.len()).collect().item()
+    counts["repeats"] = cands.filter(pl.col("is_repeat")).select(pl.len()).collect().item()
+    teachers = gens.select("model", "prompt_version").unique().sort("model", "prompt_version").collect()
+    runs = [m for m in latest_manifests(wd) if "generate" in m.get("stages", {})]
+    last = runs[-1] if runs else {}
+    return {"counts": counts, "teachers": teachers.to_dicts(), "recipe_hash": last.get("recipe_hash"),
+            "run_id": last.get("run_id"), "package_version": last.get("package_version")}
+
+
+def _card_body(name: str, version: str, lineage: dict, frames: dict[str, pl.DataFrame]) -> str:
+    c = lineage["counts"]
+    teachers = "\n".join(f"- `{t['model']}` with prompt `{t['prompt_version']}`" for t in lineage["teachers"])
+    split_rows = "\n".join(f"| {s} | {f.height} | {f['source_id'].n_unique() if f.height else 0} |"
+                           for s, f in frames.items())
+    return f"""# {name} {version}
+
+Paraphrase pairs (`source` -> `paraphrase`) written by a teacher model and curated with
+[paradistill](https://pypi.org/project/paradistill/) for sequence-level knowledge distillation.
+
+## Splits
+Assigned by hashing the source id, so every paraphrase of one source is in one split.
+
+| split | pairs | sources |
+|---|---|---|
+{split_rows}
+
+## Lineage
+Teacher:
+{teachers or "- (none)"}
+
+- recipe hash: `{lineage['recipe_hash']}` (run `{lineage['run_id']}`, paradistill {lineage['package_version']})
+
+| stage | rows |
+|---|---|
+| sources kept | {c['sources']} |
+| input rows quarantined | {c['quarantine']} |
+| duplicate input rows collapsed | {c['source_duplicates']} |
+| teacher requests | {c['generations']} |
+| requests with no parsable paraphrase | {c['parse_errors']} |
+| candidate pairs | {c['candidates']} |
+| candidates that copy their source (excluded) | {c['source_copies']} |
+| repeated pairs (excluded) | {c['repeats']} |
+| pairs exported | {sum(f.height for f in frames.values())} |
+
+## Columns
+- `pair_id`, `source_id`: content ids (hashes of the normalised texts); `request_id`: the teacher request
+  that produced the pair; `teacher_model`, `prompt_version`: how it was asked.
+
+## Load
+```python
+from datasets import load_dataset
+ds = load_dataset("path/or/repo-id")  # splits: train, validation, test
+```
+"""
+
+
+def content_hash(pairs: pl.DataFrame, cfg: ExportConfig) -> str:
+    """Hash of the exported pair ids and export options (not the version): equal hash, equal dataset."""
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json", exclude={"version"}), sort_keys=True).encode())
+    for pid in pairs.get_column("pair_id").sort():
+        h.update(pid.encode())
+    return h.hexdigest()[:16]
+
+
+def latest_export(wd: Workdir, name: str) -> dict | None:
+    """The newest version's paradistill.json (with its path), or None."""
+    versions = existing_versions(wd, name)
+    if not versions:
+        return None
+    path = wd.root / "exports" / name / ".".join(map(str, versions[-1]))
+    meta = path / "paradistill.json"
+    return {**json.loads(meta.read_text()), "path": str(path)} if meta.exists() else None
+
+
+def export_if_changed(wd: Workdir, cfg: ExportConfig, progress=None) -> dict:
+    """A recipe rerun exports a new version only when the pairs or options changed."""
+    pairs = exportable_pairs(wd, cfg.include_source_copies)
+    latest = latest_export(wd, cfg.name)
+    if latest and latest.get("content_hash") == content_hash(pairs, cfg):
+        return {"skipped": True, "path": latest["path"], "version": latest["version"], "pairs": pairs.height,
+                "reason": "same pairs and options as the latest export"}
+    return export_dataset(wd, cfg, progress, pairs)
+
+
+def export_dataset(wd: Workdir, cfg: ExportConfig, progress=None, pairs: pl.DataFrame | None = None) -> dict:
+    """Write the next (or the given) version atomically; returns its path, version and counts."""
+    t0 = time.perf_counter()
+    version = next_version(wd, cfg.name, cfg.version)
+    if pairs is None:
+        pairs = exportable_pairs(wd, cfg.include_source_copies)
+    digest = content_hash(pairs, cfg)
+    task = progress.add_task("export", total=pairs.height, unit="pairs") if progress else None
+    try:
+        pairs = assign_splits(pairs, cfg.splits)
+    except ValueError as e:
+        raise StateError(f"export {cfg.name}: {e}") from None
+    frames = {s: pairs.filter(pl.col("split") == s).drop("split") for s in SPLITS if cfg.splits[s] > 0}
+    lineage = _lineage(wd)
+    card = render_card(card_metadata(cfg.name, frames, cfg.license, cfg.tags),
+                       _card_body(cfg.name, version, lineage, frames))
+    final = wd.root / "exports" / cfg.name / version
+    tmp = final.with_name(f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    write_dataset(tmp, frames, card)
+    atomic_write_json(tmp / "paradistill.json", {"name": cfg.name, "version": version, "lineage": lineage,
+                                                       "content_hash": digest})
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StateError(f"{final}: version {version} appeared meanwhile; run export again") from None
+    if progress:
+        progress.update(task, completed=pairs.height)
+    return {"path": str(final), "version": version, "pairs": pairs.height,
+            "splits": {s: f.height for s, f in frames.items()}, "seconds": round(time.perf_counter() - t0, 3)}
+

@@ -1,0 +1,176 @@
+"""The workdir: append-only parquet shards per table (atomic), a DuckDB catalog of views, a run lock.
+
+Layout: `tables/<table>/part-*.parquet`, `catalog.duckdb` (views only), `runs/<run_id>/manifest.json`,
+`state/` (completed-stage markers), `exports/<name>/<version>/`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from schemas.errors import StateError
+from schemas.tables import TABLES, conform, empty_frame
+
+_DUCK_TYPES = {pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN"}
+
+
+def _duck_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return _duck_type(dtype.inner) + "[]"
+    return _DUCK_TYPES[dtype.base_type() if dtype.base_type() in _DUCK_TYPES else dtype]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same folder, fsync, rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+class Workdir:
+    """One corpus project's store. Tables are read with Polars and queried through DuckDB views."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise StateError(f"{root}: exists and is not a directory; choose another --workdir")
+        self.tables_dir = self.root / "tables"
+        self.catalog_path = self.root / "catalog.duckdb"
+        self._lock_file = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def create(self) -> Workdir:
+        """Make the folders and the catalog (idempotent)."""
+        for sub in ("tables", "runs", "state", "exports"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.refresh_catalog()
+        return self
+
+    def exists(self) -> bool:
+        return self.tables_dir.is_dir()
+
+    def require(self) -> Workdir:
+        if not self.exists():
+            raise StateError(f"{self.root}: not a paradistill workdir (no tables/); run `paradistill ingest` "
+                             "or `paradistill run RECIPE` first, or pass the right --workdir")
+        return self
+
+    def lock(self) -> None:
+        """Hold an exclusive lock for a writing run; a second writer gets a clear error."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StateError(f"{self.root}: another paradistill process is writing this workdir; wait for it "
+                             "or use another --workdir") from None
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> Workdir:
+        self.lock()
+        self.create()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    # -- tables ----------------------------------------------------------------------------------------
+    def shards(self, table: str) -> list[Path]:
+        return sorted((self.tables_dir / table).glob("part-*.parquet"))
+
+    def append(self, table: str, df: pl.DataFrame) -> Path | None:
+        """Write `df` as one new shard of `table` (atomic); zero rows write nothing."""
+        if df.height == 0:
+            return None
+        df = conform(df, table) if table in TABLES else df
+        folder = self.tables_dir / table
+        folder.mkdir(parents=True, exist_ok=True)
+        first = not any(folder.glob("part-*.parquet"))
+        path = folder / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".tmp-{path.name}"
+        df.write_parquet(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if first:  # a view over a glob sees later shards by itself; only the first needs a new view
+            self.refresh_catalog()
+        return path
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        shards = self.shards(table)
+        if not shards:
+            return empty_frame(table).lazy() if table in TABLES else pl.LazyFrame()
+        return pl.scan_parquet(shards)
+
+    def read(self, table: str) -> pl.DataFrame:
+        return self.scan(table).collect()
+
+    def count(self, table: str) -> int:
+        if not self.shards(table):
+            return 0
+        return self.scan(table).select(pl.len()).collect().item()
+
+    def table_names(self) -> list[str]:
+        names = set(TABLES)
+        if self.tables_dir.is_dir():
+            names |= {p.name for p in self.tables_dir.iterdir() if p.is_dir()}
+        return sorted(names)
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    def _view_sql(self, table: str) -> str:
+        if self.shards(table):
+            glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
+            return f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+        cols = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in TABLES[table].items())
+        return f"SELECT {cols} WHERE false"
+
+    def refresh_catalog(self, attempts: int = 20) -> bool:
+        """(Re)create one view per table. Holds the catalog only for that moment; retries if a reader has it.
+
+        Returns False (and leaves the old views, which still see new shards) if it stayed busy.
+        """
+        names = [t for t in self.table_names() if t in TABLES or self.shards(t)]
+        for i in range(attempts):
+            try:
+                con = duckdb.connect(str(self.catalog_path))
+            except duckdb.IOException:
+                time.sleep(0.1 * (i + 1))
+                continue
+            try:
+                for t in names:
+                    con.execute(f'CREATE OR REPLACE VIEW "{t}" AS {self._view_sql(t)}')
+            finally:
+                con.close()
+            return True
+        return False
+
+    # -- stage markers ---------------------------------------------------------------------------------
+    def stage_done(self, stage: str, key: str) -> dict | None:
+        path = self.root / "state" / f"{stage}-{key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def mark_stage_done(self, stage: str, key: str, info: dict) -> None:
+        atomic_write_json(self.root / "state" / f"{stage}-{key}.json", info)

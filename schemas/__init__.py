@@ -1,0 +1,1 @@
+"""Data contracts of paradistill: table schemas, the recipe model and the user-error types."""

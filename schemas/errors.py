@@ -1,0 +1,33 @@
+"""User-facing error types: the CLI prints their message as one line and exits with their code."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, bad recipe, malformed input). Never shown as a traceback."""
+
+    exit_code = 1
+
+
+class InputError(UserError):
+    """An input file or dataset cannot be read as asked (missing, unreadable, unknown format, no column)."""
+
+    exit_code = 3
+
+
+class RecipeError(UserError):
+    """The recipe (YAML or options) is invalid or names something that does not exist."""
+
+    exit_code = 4
+
+
+class StateError(UserError):
+    """The workdir refuses the operation (version exists, table missing, store busy)."""
+
+    exit_code = 5
+
+
+class QueryError(UserError):
+    """A SQL statement is refused or fails."""
+
+    exit_code = 6
