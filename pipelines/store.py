@@ -59,7 +59,11 @@ class Workdir:
         """Make the folders and the catalog (idempotent)."""
         for sub in ("tables", "runs", "state", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.refresh_catalog()
+        missing = [t for t in TABLES if not self.shards(t)]
+        for table in missing:  # a zero-row shard: every view is a glob view from the start, never rewritten
+            self._write_shard(table, empty_frame(table), "part-00000000000000000000-schema.parquet")
+        if missing or not self.catalog_path.exists():
+            self.refresh_catalog()
         return self
 
     def exists(self) -> bool:
@@ -106,17 +110,20 @@ class Workdir:
         if df.height == 0:
             return None
         df = conform(df, table) if table in TABLES else df
+        first = not self.shards(table)
+        path = self._write_shard(table, df, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+        if first:  # a view over a glob sees later shards by itself; only a new table needs a view
+            self.refresh_catalog()
+        return path
+
+    def _write_shard(self, table: str, df: pl.DataFrame, name: str) -> Path:
         folder = self.tables_dir / table
         folder.mkdir(parents=True, exist_ok=True)
-        first = not any(folder.glob("part-*.parquet"))
-        path = folder / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".tmp-{path.name}"
+        path, tmp = folder / name, folder / f".tmp-{name}"
         df.write_parquet(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        if first:  # a view over a glob sees later shards by itself; only the first needs a new view
-            self.refresh_catalog()
         return path
 
     def scan(self, table: str) -> pl.LazyFrame:
@@ -156,8 +163,8 @@ class Workdir:
         for i in range(attempts):
             try:
                 con = duckdb.connect(str(self.catalog_path))
-            except duckdb.IOException:
-                time.sleep(0.1 * (i + 1))
+            except (duckdb.IOException, duckdb.ConnectionException):  # a reader holds it (other/same process)
+                time.sleep(0.1)
                 continue
             try:
                 for t in names:

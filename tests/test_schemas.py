@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from pipelines.recipes_io import load_recipe, parse_recipe
+from schemas.errors import RecipeError
+from schemas.recipe import SCHEMA_PATH, json_schema
+from schemas.tables import TABLES, conform, empty_frame
+
+
+def test_checked_in_json_schema_is_current():
+    assert SCHEMA_PATH.read_text() == json_schema(), "run `make schema` (python -m schemas.recipe)"
+    assert json.loads(SCHEMA_PATH.read_text())["title"] == "Recipe"
+
+
+def test_every_table_has_an_empty_frame_with_its_dtypes():
+    for name, schema in TABLES.items():
+        df = empty_frame(name)
+        assert df.height == 0 and list(df.schema) == list(schema)
+
+
+def test_conform_rejects_missing_columns():
+    with pytest.raises(ValueError, match="lacks columns"):
+        conform(empty_frame("sources").drop("text"), "sources")
+
+
+def test_shipped_demo_recipe_is_valid_and_resolves_sources():
+    recipe, base = load_recipe("demo")
+    assert recipe.name == "demo" and recipe.export and recipe.export.name
+    assert recipe.sources[0].path.endswith("demo_sources.txt")
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"name": "x", "teacher": {"n": 0}}, "field teacher.n"),
+        ({"name": "x", "techer": {}}, "field techer: unknown field"),
+        ({"name": "x", "export": {"name": "a/b"}}, "field export.name"),
+        ({"name": "x", "export": {"name": "a", "version": "1.0"}}, "X.Y.Z"),
+        ({"name": "x", "export": {"name": "a", "splits": {"train": 0.5, "test": 0.5}}}, "exactly the keys"),
+        (["not", "a", "mapping"], "must be a YAML mapping"),
+    ],
+)
+def test_recipe_errors_name_the_field(data, needle):
+    with pytest.raises(RecipeError, match=needle.replace(".", r"\.")):
+        parse_recipe(data, "r.yaml")
