@@ -193,6 +193,9 @@ def run(
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and a non-zero exit."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # our own bars show progress; theirs are noise
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except UserError as e:

