@@ -60,5 +60,5 @@ def load_recipe(ref: str) -> tuple[Recipe, Path]:
     for s in recipe.sources:
         p = Path(s.path)
         if not s.path.startswith("hf:") and not p.is_absolute() and (base / p).exists():
-            s.path = str(base / p)
+            s.path = str((base / p).resolve())
     return recipe, base
