@@ -4,7 +4,7 @@ Runs every shipped prompt template on the first N demo sources with the same bud
 source and prints a table. "Usable": parsed, not a copy of the source, distinct within the source, at
 least 3 words, and a character-length ratio within [0.5, 2.0].
 
-    .venv/bin/python bench/prompting.py [--sources 40] [--n 3]
+    .venv/bin/python bench/prompting.py [--sources 40] [--offset 0] [--n 3]
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def usable(source: str, items: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", type=int, default=40)
+    ap.add_argument("--offset", type=int, default=0, help="skip the first K demo sources")
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-    sources = [s for s in DEMO.read_text().splitlines() if s][: args.sources]
+    sources = [s for s in DEMO.read_text().splitlines() if s][args.offset: args.offset + args.sources]
     teacher = LocalTeacher(None, "auto")
     print(f"teacher {teacher.model_id} ({teacher.dtype}), {len(sources)} sources, n={args.n}\n")
     print(f"{'template':32} {'requests':>8} {'parsed/src':>10} {'usable/src':>10} {'copies':>7} "

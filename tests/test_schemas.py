@@ -44,3 +44,22 @@ def test_shipped_demo_recipe_is_valid_and_resolves_sources():
 def test_recipe_errors_name_the_field(data, needle):
     with pytest.raises(RecipeError, match=needle.replace(".", r"\.")):
         parse_recipe(data, "r.yaml")
+
+
+def test_recipe_mistakes_through_the_cli_are_one_line(tmp_path):
+    from tests.conftest import cli, error_line
+
+    proc = cli("run", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 4 and "no such recipe file" in error_line(proc)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsources: [a.txt]\nteacher: {temperature: hot}\n")
+    proc = cli("run", str(bad))
+    assert proc.returncode == 4 and "field teacher.temperature" in error_line(proc)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nsources: [a.txt\n")
+    proc = cli("run", str(broken))
+    assert proc.returncode == 4 and "invalid YAML" in error_line(proc)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"name: x\nworkdir: {tmp_path / 'wd'}\nsources: [missing.txt]\n")
+    proc = cli("run", str(ok))
+    assert proc.returncode == 3 and "missing.txt: no such file" in error_line(proc)
