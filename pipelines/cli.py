@@ -92,12 +92,13 @@ def generate(
     Example: paradistill generate -w work/qs --n 3 --limit 20
     """
     from pipelines import runner
+    from pipelines.recipes_io import validated
     from schemas.recipe import TeacherConfig
 
     r, wd = _recipe_and_workdir(recipe, workdir)
     overrides = {k: v for k, v in dict(model=model, prompt=prompt, n=n, limit=limit, batch_size=batch_size).items()
                  if v is not None}
-    cfg = TeacherConfig.model_validate({**(r.teacher.model_dump() if r else {}), **overrides})
+    cfg = validated(TeacherConfig, {**(r.teacher.model_dump() if r else {}), **overrides}, "generate options")
     s = runner.generate(wd, cfg)
     out.print(f"{s['generated']} request(s) generated ({s['already_done']} already stored), "
               f"{s['parse_errors']} without a parsable paraphrase, {s['completion_tokens']} completion tokens")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.errors import RecipeError
 from schemas.recipe import Recipe
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
+M = TypeVar("M", bound=BaseModel)
 
 
 def resolve_recipe_path(ref: str) -> Path:
@@ -29,11 +31,10 @@ def _loc(err: dict) -> str:
     return ".".join(str(x) for x in err["loc"]) or "(top level)"
 
 
-def parse_recipe(data: object, origin: str) -> Recipe:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{origin}: a recipe must be a YAML mapping (name:, sources:, teacher:, ...)")
+def validated(model: type[M], data: object, origin: str) -> M:
+    """Validate `data` as `model`; the first problem becomes one RecipeError line naming its field."""
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         errs = e.errors()
         first = errs[0]
@@ -42,6 +43,12 @@ def parse_recipe(data: object, origin: str) -> Recipe:
         if first["type"] == "extra_forbidden":
             msg = "unknown field; check its spelling against schemas/recipe.schema.json"
         raise RecipeError(f"{origin}: field {_loc(first)}: {msg}{more}") from None
+
+
+def parse_recipe(data: object, origin: str) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe must be a YAML mapping (name:, sources:, teacher:, ...)")
+    return validated(Recipe, data, origin)
 
 
 def load_recipe(ref: str) -> tuple[Recipe, Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.manifest import RunManifest
 from pipelines.progress import make_progress
-from pipelines.recipes_io import load_recipe
+from pipelines.recipes_io import load_recipe, validated
 from pipelines.steps.candidates import build_candidates
 from pipelines.steps.export import export_dataset, export_if_changed
 from pipelines.steps.generate import generate as _generate
@@ -72,8 +72,8 @@ def candidates(workdir: str | Path) -> dict:
 def export(workdir: str | Path, name: str, version: str | None = None, config: ExportConfig | None = None,
            progress: bool = True) -> dict:
     """Write `exports/NAME/VERSION/` (a Hub-ready dataset folder); never overwrites a version."""
-    cfg = (config or ExportConfig(name=name)).model_copy(update={"name": name, "version": version})
-    ExportConfig.model_validate(cfg.model_dump())  # re-check name/version given as arguments
+    base = config.model_dump() if config else {}
+    cfg = validated(ExportConfig, {**base, "name": name, "version": version}, "export")
     with _session(workdir, "export", None, progress) as (wd, manifest, prog):
         wd.require()
         stats = export_dataset(wd, cfg, prog)

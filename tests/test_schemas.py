@@ -63,3 +63,14 @@ def test_recipe_mistakes_through_the_cli_are_one_line(tmp_path):
     ok.write_text(f"name: x\nworkdir: {tmp_path / 'wd'}\nsources: [missing.txt]\n")
     proc = cli("run", str(ok))
     assert proc.returncode == 3 and "missing.txt: no such file" in error_line(proc)
+
+
+def test_bad_cli_options_are_one_line(tmp_path):
+    from tests.conftest import cli, error_line
+
+    proc = cli("export", "-w", str(tmp_path), "--name", "x", "--version", "1.0")
+    assert proc.returncode == 4 and "field version: must look like X.Y.Z" in error_line(proc)
+    proc = cli("generate", "-w", str(tmp_path), "--n", "0")
+    assert proc.returncode == 4 and "field n" in error_line(proc)
+    proc = cli("sql", "-w", str(tmp_path / "none"), "select 1")
+    assert proc.returncode == 5 and "not a paradistill workdir" in error_line(proc)
