@@ -86,3 +86,18 @@ def latest_manifests(workdir: Workdir) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue
     return out
+
+
+def close_stale_runs(workdir: Workdir) -> list[str]:
+    """Mark runs still 'running' as 'interrupted'; call only while holding the workdir lock (none can be live)."""
+    stale = []
+    for p in sorted((workdir.root / "runs").glob("*/manifest.json")):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("status") == "running":
+            data["status"] = "interrupted"
+            atomic_write_json(p, data)
+            stale.append(data.get("run_id", p.parent.name))
+    return stale

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.manifest import RunManifest
+from pipelines.manifest import RunManifest, close_stale_runs
 from pipelines.progress import make_progress
 from pipelines.recipes_io import load_recipe, validated
 from pipelines.steps.candidates import build_candidates
@@ -22,6 +22,7 @@ def _session(workdir: str | Path, command: str, recipe: Recipe | None, show_prog
     """Lock the workdir, open a run manifest, and close both whatever happens."""
     wd = Workdir(workdir)
     with wd:
+        close_stale_runs(wd)
         manifest = RunManifest(wd, command, recipe.model_dump(mode="json") if recipe else None)
         progress = make_progress() if show_progress else None
         try:

