@@ -44,7 +44,3 @@ def normalize_expr(col: str) -> pl.Expr:
     """Vectorised `normalize` for a Polars string column (NFC + whitespace collapse + strip)."""
     return pl.col(col).str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
 
-
-def text_id_expr(col: str) -> pl.Expr:
-    """Vectorised `text_id` (same values as the scalar function)."""
-    return pl.col(col).map_elements(text_id, return_dtype=pl.String)
