@@ -19,14 +19,6 @@ import polars as pl
 from schemas.errors import StateError
 from schemas.tables import TABLES, conform, empty_frame
 
-_DUCK_TYPES = {pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN"}
-
-
-def _duck_type(dtype: pl.DataType) -> str:
-    if isinstance(dtype, pl.List):
-        return _duck_type(dtype.inner) + "[]"
-    return _DUCK_TYPES[dtype.base_type() if dtype.base_type() in _DUCK_TYPES else dtype]
-
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp name in the same folder, fsync, rename: readers see the old or the new file."""
@@ -148,18 +140,15 @@ class Workdir:
 
     # -- catalog ---------------------------------------------------------------------------------------
     def _view_sql(self, table: str) -> str:
-        if self.shards(table):
-            glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
-            return f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
-        cols = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in TABLES[table].items())
-        return f"SELECT {cols} WHERE false"
+        glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
+        return f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
 
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """(Re)create one view per table. Holds the catalog only for that moment; retries if a reader has it.
 
         Returns False (and leaves the old views, which still see new shards) if it stayed busy.
         """
-        names = [t for t in self.table_names() if t in TABLES or self.shards(t)]
+        names = [t for t in self.table_names() if self.shards(t)]  # create() gives declared tables one
         for _ in range(attempts):
             try:
                 con = duckdb.connect(str(self.catalog_path))
