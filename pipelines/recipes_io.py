@@ -64,7 +64,7 @@ def load_recipe(ref: str) -> tuple[Recipe, Path]:
         raise RecipeError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
     recipe = parse_recipe(data, str(path))
     base = path.parent.resolve()
-    for s in recipe.sources:
+    for s in [*recipe.sources, *([recipe.teacher] if recipe.teacher.kind == "import" else [])]:
         p = Path(s.path)
         if not s.path.startswith("hf:") and not p.is_absolute() and (base / p).exists():
             s.path = str((base / p).resolve())

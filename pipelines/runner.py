@@ -5,16 +5,35 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.filters import validate as validate_rules
 from pipelines.manifest import RunManifest, close_stale_runs
 from pipelines.progress import make_progress
 from pipelines.recipes_io import load_recipe, validated
 from pipelines.steps.candidates import build_candidates
+from pipelines.steps.dedup import dedup
+from pipelines.steps.dedup import methods as dedup_methods
+from pipelines.steps.embed import embed_missing
 from pipelines.steps.export import export_dataset, export_if_changed
+from pipelines.steps.filter import run_filter
 from pipelines.steps.generate import generate as _generate
+from pipelines.steps.import_pairs import import_pairs
 from pipelines.steps.ingest import ingest_sources
+from pipelines.steps.pairs import unique_pairs
+from pipelines.steps.report import write_workdir_report
+from pipelines.steps.score import available_columns, score
 from pipelines.store import Workdir
-from schemas.errors import RecipeError
-from schemas.recipe import ExportConfig, IngestConfig, Recipe, SourceSpec, TeacherConfig
+from schemas.errors import RecipeError, StateError
+from schemas.recipe import (
+    ExportConfig,
+    FilterConfig,
+    ImportTeacherConfig,
+    IngestConfig,
+    Recipe,
+    SourceSpec,
+    TeacherConfig,
+)
+
+CURATION_STAGES = ("embed", "dedup", "score", "filter", "report")
 
 
 @contextmanager
@@ -82,21 +101,92 @@ def export(workdir: str | Path, name: str, version: str | None = None, config: E
         return stats
 
 
+def ingest_pairs(path: str, workdir: str | Path, source_column: str = "source",
+                 paraphrase_column: str = "paraphrase", split: str = "train", teacher: str = "imported",
+                 limit: int | None = None, max_chars: int = IngestConfig().max_chars, progress: bool = True) -> dict:
+    """Import a teacher corpus made elsewhere (pairs, or a source with a list of paraphrases per row)."""
+    cfg = validated(ImportTeacherConfig, {"kind": "import", "path": path, "source_column": source_column,
+                                          "paraphrase_column": paraphrase_column, "split": split,
+                                          "teacher": teacher, "limit": limit}, "ingest-pairs options")
+    with _session(workdir, "ingest-pairs", None, progress) as (wd, manifest, prog):
+        stats = import_pairs(wd, cfg, max_chars, manifest, prog)
+        manifest.record_stage("import", stats)
+        cand = build_candidates(wd)
+        manifest.record_stage("candidates", cand)
+        return {**stats, "candidates": cand, "run_id": manifest.run_id}
+
+
+def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str) -> dict:
+    """embed -> dedup -> score -> filter -> report over the current unique pairs, each skipped when unchanged."""
+    stages = CURATION_STAGES[: CURATION_STAGES.index(upto) + 1]
+    fcfg = recipe.filter or FilterConfig()
+    if "filter" in stages:  # a rule naming an unknown or un-run column fails before any model is loaded
+        validate_rules(fcfg, available_columns(recipe.score, recipe.nli) | {"pair_id", "source_id"})
+    pairs = unique_pairs(wd)
+    if pairs.height == 0:
+        raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
+    out: dict = {}
+    out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
+    manifest.record_stage("embed", out["embed"])
+    if "dedup" in stages:
+        out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog)
+        manifest.record_stage("dedup", out["dedup"])
+    if "score" in stages:
+        out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, prog)
+        manifest.record_stage("score", out["score"])
+    if "filter" in stages:
+        rows = wd.count("candidates")
+        out["filter"] = run_filter(wd, fcfg, pairs, rows, dedup_methods(recipe.dedup))
+        manifest.record_stage("filter", out["filter"])
+    if "report" in stages and recipe.report.enabled:
+        out["report"] = write_workdir_report(wd, samples=recipe.report.samples,
+                                             lineage={"recipe": recipe.name, "embed_model": out["embed"]["model_id"]})
+        manifest.record_stage("report", out["report"])
+    return out
+
+
+def curate(workdir: str | Path, recipe: Recipe | None = None, upto: str = "report", progress: bool = True) -> dict:
+    """Run the curation stages up to `upto` (embed, dedup, score, filter or report) with the recipe's settings."""
+    if upto not in CURATION_STAGES:
+        raise ValueError(f"upto must be one of {CURATION_STAGES}")
+    recipe = recipe or Recipe(name="adhoc")
+    with _session(workdir, upto, recipe, progress) as (wd, manifest, prog):
+        wd.require()
+        return {**_curate(wd, recipe, manifest, prog, upto), "run_id": manifest.run_id}
+
+
+def report(workdir: str | Path, out_dir: str | Path | None = None, samples: int = 8) -> dict:
+    """Write the quality report (HTML + JSON) of the current filter results."""
+    with _session(workdir, "report", None, False) as (wd, manifest, _):
+        wd.require()
+        stats = write_workdir_report(wd, Path(out_dir) if out_dir else None, samples)
+        manifest.record_stage("report", stats)
+        return stats
+
+
 def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run a recipe end to end: ingest -> generate -> candidates -> export. Rerunning resumes."""
+    """Run a recipe end to end: ingest -> generate (or import) -> candidates -> curation -> export. Resumes."""
     recipe = load_recipe(recipe_ref)[0] if isinstance(recipe_ref, str) else recipe_ref
-    if not recipe.sources:
+    importing = isinstance(recipe.teacher, ImportTeacherConfig)
+    if not recipe.sources and not importing:
         raise RecipeError(f"recipe {recipe.name!r}: field sources: list at least one input")
     target = workdir or recipe.workdir
     result: dict = {"recipe": recipe.name, "workdir": str(Path(target).resolve())}
     with _session(target, f"run {recipe.name}", recipe, progress) as (wd, manifest, prog):
         result["run_id"] = manifest.run_id
-        stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
-        manifest.record_stage("ingest", stats)
-        stats = _generate(wd, recipe.teacher, manifest.run_id, prog)
-        manifest.record_stage("generate", stats)
+        if recipe.sources:
+            stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
+            manifest.record_stage("ingest", stats)
+        if importing:
+            stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
+            manifest.record_stage("import", stats)
+        else:
+            stats = _generate(wd, recipe.teacher, manifest.run_id, prog)
+            manifest.record_stage("generate", stats)
         stats = build_candidates(wd)
         manifest.record_stage("candidates", stats)
+        if recipe.filter is not None:
+            result["curation"] = _curate(wd, recipe, manifest, prog, "report")
         if recipe.export:
             stats = export_if_changed(wd, recipe.export, prog)
             manifest.record_stage("export", stats)

@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from schemas.errors import StateError
-from schemas.tables import TABLES, conform, empty_frame
+from schemas.tables import TABLES, VERSIONED, conform, empty_frame
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -97,13 +97,17 @@ class Workdir:
     def shards(self, table: str) -> list[Path]:
         return sorted((self.tables_dir / table).glob("part-*.parquet"))
 
-    def append(self, table: str, df: pl.DataFrame) -> Path | None:
-        """Write `df` as one new shard of `table` (atomic); zero rows write nothing."""
+    def append(self, table: str, df: pl.DataFrame, key: str | None = None) -> Path | None:
+        """Write `df` as one new shard of `table` (atomic); zero rows write nothing.
+
+        With `key`, the shard is named by it, so writing the same result set again replaces it (idempotent).
+        """
         if df.height == 0:
             return None
         df = conform(df, table) if table in TABLES else df
         first = not self.shards(table)
-        path = self._write_shard(table, df, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+        name = f"part-set-{key}.parquet" if key else f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self._write_shard(table, df, name)
         if first:  # a view over a glob sees later shards by itself; only a new table needs a view
             self.refresh_catalog()
         return path
@@ -143,6 +147,30 @@ class Workdir:
         glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
         return f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
 
+    def _views(self, table: str) -> dict[str, str]:
+        """View name -> SQL. A versioned table's view shows its current set; `<table>_history` shows all."""
+        if table not in VERSIONED:
+            return {table: self._view_sql(table)}
+        key = VERSIONED[table]
+        current = (f"(SELECT set_id FROM ({self._view_sql('current_sets')}) WHERE \"table\" = '{table}' "
+                   "ORDER BY at DESC LIMIT 1)")
+        return {f"{table}_history": self._view_sql(table),
+                table: f"SELECT * FROM ({self._view_sql(table)}) WHERE {key} = {current}"}
+
+    def current_set(self, table: str) -> str | None:
+        """The id of `table`'s current result set (see schemas.tables.VERSIONED), or None."""
+        rows = (self.scan("current_sets").filter(pl.col("table") == table).sort("at")
+                .select("set_id").collect())
+        return rows.get_column("set_id")[-1] if rows.height else None
+
+    def make_current(self, table: str, set_id: str) -> None:
+        self.append("current_sets", pl.DataFrame({"table": [table], "set_id": [set_id], "at": [time.time_ns()]}))
+
+    def read_current(self, table: str) -> pl.DataFrame:
+        """Rows of the current set of a versioned table (empty when none)."""
+        set_id = self.current_set(table)
+        return self.scan(table).filter(pl.col(VERSIONED[table]) == set_id).collect()
+
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """(Re)create one view per table. Holds the catalog only for that moment; retries if a reader has it.
 
@@ -157,7 +185,8 @@ class Workdir:
                 continue
             try:
                 for t in names:
-                    con.execute(f'CREATE OR REPLACE VIEW "{t}" AS {self._view_sql(t)}')
+                    for view, sql in self._views(t).items():
+                        con.execute(f'CREATE OR REPLACE VIEW "{view}" AS {sql}')
             finally:
                 con.close()
             return True

@@ -4,6 +4,33 @@ from __future__ import annotations
 
 import polars as pl
 
+# Scorers: name -> the score columns it fills, and what it reads (computed once per unique text or pair).
+SCORER_COLUMNS: dict[str, dict[str, pl.DataType]] = {
+    "cosine": {"cosine": pl.Float64},
+    "nli": {"nli_fwd": pl.Float64, "nli_bwd": pl.Float64},  # p(source => paraphrase), p(paraphrase => source)
+    "rouge_l": {"rouge_l": pl.Float64},
+    "bleu": {"bleu": pl.Float64},  # sacrebleu sentence BLEU of the paraphrase against the source, 0-100
+    "jaccard": {"jaccard": pl.Float64},
+    "wpd_ld": {"wpd": pl.Float64, "ld": pl.Float64},
+    "ted": {"ted_3": pl.Float64, "ted_f": pl.Float64},
+    "length": {"len_ratio_chars": pl.Float64, "len_ratio_tokens": pl.Float64},
+    "numbers": {"numbers_ok": pl.Boolean},
+    "self_bleu": {"self_bleu": pl.Float64},
+}
+SCORER_INPUTS: dict[str, str] = {
+    "cosine": "embeddings of source and paraphrase (embed stage)",
+    "nli": "an NLI sequence-classification model (recipe nli.model), both directions",
+    "rouge_l": "rouge-score tokens of both texts",
+    "bleu": "sacrebleu 13a tokens of both texts",
+    "jaccard": "rouge-score tokens of both texts",
+    "wpd_ld": "spaCy lemmas of both texts (analyses table)",
+    "ted": "spaCy dependency trees of both texts (analyses table)",
+    "length": "characters and rouge-score tokens of both texts",
+    "numbers": "numbers in both texts",
+    "self_bleu": "the other paraphrases of the same source",
+}
+SCORE_COLUMN_OWNER = {col: name for name, cols in SCORER_COLUMNS.items() for col in cols}
+
 SOURCES = {
     "source_id": pl.String,  # content hash of the normalised text
     "text": pl.String,  # NFC, whitespace-normalised
@@ -67,12 +94,103 @@ CANDIDATES = {
     "is_repeat": pl.Boolean,  # this pair already came from an earlier request/item
 }
 
+EMBEDDINGS = {  # one row per (unique text, embedding model + settings): computed once per workdir
+    "text_id": pl.String,
+    "model_id": pl.String,  # e.g. "all-MiniLM-L6-v2@bfloat16"
+    "embedding": pl.List(pl.Float32),  # L2-normalised
+}
+
+ANALYSES = {  # spaCy lemmas and dependency tree, once per unique text and analyser
+    "text_id": pl.String,
+    "analyzer": pl.String,  # "spacy:<model>@<version>"
+    "lemmas": pl.List(pl.String),
+    "tree": pl.String,  # ordered labelled tree in bracket notation, see curation/metrics/syntax.py
+    "n_tokens": pl.Int64,
+}
+
+NLI_CACHE = {  # entailment probabilities, once per (premise, hypothesis, model)
+    "premise_id": pl.String,
+    "hypothesis_id": pl.String,
+    "model_id": pl.String,
+    "entailment": pl.Float32,
+}
+
+DEDUP_LINKS = {  # one row per pair removed by dedup: which row it duplicated, how, at what score
+    "dedup_id": pl.String,  # hash of the dedup settings and the pair set; the `dedup_links` view shows the latest
+    "pair_id": pl.String,  # the removed pair
+    "source_id": pl.String,
+    "method": pl.String,  # exact-source | exact | semantic-source | semantic-corpus | nli-graph
+    "duplicate_of": pl.String,  # the kept pair_id (or the source_id for exact-source)
+    "duplicate_kind": pl.String,  # "pair" | "source"
+    "score": pl.Float64,  # 1.0 for exact; cosine for semantic; min mutual entailment for nli-graph
+    "index": pl.String,  # FAISS index used (flat | hnsw), null for exact / nli-graph
+}
+
+SCORES = {  # one row per pair, one column per metric (null when that scorer was not run)
+    "score_set": pl.String,  # hash of the scorer settings and the pair set; the `scores` view shows the latest
+    "pair_id": pl.String,
+    "source_id": pl.String,
+    **{col: dtype for cols in SCORER_COLUMNS.values() for col, dtype in cols.items()},
+}
+
+DECISIONS = {  # every pair kept or dropped, with all the rules it failed
+    "filter_id": pl.String,
+    "pair_id": pl.String,
+    "source_id": pl.String,
+    "kept": pl.Boolean,
+    "reasons": pl.List(pl.String),  # empty when kept
+}
+
+FUNNEL = {  # rule by rule, in order: how many came in, were dropped (first failure), went out
+    "filter_id": pl.String,
+    "step": pl.Int64,
+    "rule": pl.String,
+    "description": pl.String,
+    "pairs_in": pl.Int64,
+    "dropped": pl.Int64,
+    "pairs_out": pl.Int64,
+}
+
+CORPUS_METRICS = {  # method B's dataset-quality columns per selection (all, kept, dropped)
+    "filter_id": pl.String,
+    "selection": pl.String,
+    **{c: pl.Float64 for c in ("cos_sim", "h2", "h3", "msttr", "jaccard", "ted_3", "ted_f", "wpd", "ld")},
+    "pairs": pl.Int64,
+    "sources": pl.Int64,
+    "pairs_per_source": pl.Float64,
+}
+
+CURRENT_SETS = {  # which result set of a versioned table is current (the views show only that one)
+    "table": pl.String,
+    "set_id": pl.String,
+    "at": pl.Int64,  # time.time_ns() when it became current
+}
+
 TABLES: dict[str, dict[str, pl.DataType]] = {
     "sources": SOURCES,
     "quarantine": QUARANTINE,
     "source_duplicates": SOURCE_DUPLICATES,
     "generations": GENERATIONS,
     "candidates": CANDIDATES,
+    "embeddings": EMBEDDINGS,
+    "analyses": ANALYSES,
+    "nli_cache": NLI_CACHE,
+    "dedup_links": DEDUP_LINKS,
+    "scores": SCORES,
+    "decisions": DECISIONS,
+    "funnel": FUNNEL,
+    "corpus_metrics": CORPUS_METRICS,
+    "current_sets": CURRENT_SETS,
+}
+
+# Versioned tables: each run of their stage writes a whole new set; the view named after the table shows the
+# current set only, and `<table>_history` shows every set.
+VERSIONED: dict[str, str] = {
+    "dedup_links": "dedup_id",
+    "scores": "score_set",
+    "decisions": "filter_id",
+    "funnel": "filter_id",
+    "corpus_metrics": "filter_id",
 }
 
 

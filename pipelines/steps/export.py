@@ -42,17 +42,75 @@ def next_version(wd: Workdir, name: str, asked: str | None) -> str:
 
 
 def exportable_pairs(wd: Workdir, include_source_copies: bool) -> pl.DataFrame:
-    """Pairs joined with their source text and teacher lineage; repeats (and source copies) left out."""
+    """Pairs joined with their source text and teacher lineage; repeats left out.
+
+    After curation (a current `decisions` set) only kept pairs are exported, with their score columns; without
+    it, every pair but source copies (unless `include_source_copies`).
+    """
     cands = wd.scan("candidates").filter(~pl.col("is_repeat"))
-    if not include_source_copies:
-        cands = cands.filter(~pl.col("is_source_copy"))
     gens = wd.scan("generations").select("request_id", pl.col("model").alias("teacher_model"),
                                          "prompt_version")
     src = wd.scan("sources").select("source_id", pl.col("text").alias("source"))
-    return (cands.join(src, on="source_id").join(gens, on="request_id")
-            .select("pair_id", "source_id", "source", "paraphrase", "request_id", "teacher_model",
-                    "prompt_version")
-            .sort("pair_id").collect())
+    base = ["pair_id", "source_id", "source", "paraphrase", "request_id", "teacher_model", "prompt_version"]
+    if wd.current_set("decisions") is None:
+        if not include_source_copies:
+            cands = cands.filter(~pl.col("is_source_copy"))
+        return cands.join(src, on="source_id").join(gens, on="request_id").select(base).sort("pair_id").collect()
+    decisions = wd.read_current("decisions")
+    current = cands.select("pair_id").unique().collect()
+    if current.height != decisions.height or current.join(decisions, on="pair_id", how="anti").height:
+        raise StateError(f"{wd.root}: the candidates changed after the last filter run; run `paradistill filter` "
+                         "(or the recipe) again before exporting")
+    scores = wd.read_current("scores").drop("score_set", "source_id")
+    score_cols = [c for c in scores.columns if c != "pair_id" and scores.get_column(c).null_count() < scores.height]
+    kept = decisions.filter(pl.col("kept")).select("pair_id").lazy()
+    return (cands.join(kept, on="pair_id").join(src, on="source_id").join(gens, on="request_id")
+            .join(scores.lazy().select("pair_id", *score_cols), on="pair_id", how="left")
+            .select(*base, *score_cols).unique("pair_id", keep="first").sort("pair_id").collect())
+
+
+def _curation(wd: Workdir) -> dict | None:
+    """The current funnel and corpus metrics, for the card and the export's lineage (None if not curated)."""
+    fid = wd.current_set("decisions")
+    if fid is None:
+        return None
+    funnel = wd.read_current("funnel").sort("step").select("rule", "description", "pairs_in", "dropped", "pairs_out")
+    corpus = wd.read_current("corpus_metrics").drop("filter_id")
+    return {"filter_id": fid, "score_set": wd.current_set("scores"), "dedup_id": wd.current_set("dedup_links"),
+            "funnel": funnel.to_dicts(), "corpus_metrics": corpus.to_dicts()}
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _curation_section(cur: dict | None) -> str:
+    if cur is None:
+        return "## Curation\nNot curated: every pair except source copies and repeats is included.\n"
+    cols = ["cos_sim", "h2", "h3", "msttr", "jaccard", "ted_3", "ted_f", "wpd", "ld", "pairs", "sources",
+            "pairs_per_source"]
+    metrics = "\n".join("| " + " | ".join([r["selection"], *(_fmt(r.get(c)) for c in cols)]) + " |"
+                        for r in cur["corpus_metrics"])
+    funnel = "\n".join(f"| {r['rule']} | {r['description']} | {r['pairs_in']} | {r['dropped']} | {r['pairs_out']} |"
+                       for r in cur["funnel"])
+    return f"""## Curation
+Only pairs kept by the filter are included. Each rule, in order (`dropped` counts the pairs it removed first):
+
+| rule | keeps / removes | in | dropped | out |
+|---|---|---|---|---|
+{funnel}
+
+Corpus metrics (method B's dataset-quality columns; cos-sim and Jaccard x100, MSTTR x100; lower Jaccard and
+higher TED, WPD and LD mean more diverse paraphrases):
+
+| selection | cos-sim | H2 | H3 | MSTTR | Jaccard | TED-3 | TED-F | WPD | LD | pairs | sources | pairs/source |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+{metrics}
+
+Filter set `{cur['filter_id']}`, score set `{cur['score_set']}`, dedup set `{cur['dedup_id']}`.
+"""
 
 
 def _lineage(wd: Workdir) -> dict:
@@ -67,7 +125,7 @@ def _lineage(wd: Workdir) -> dict:
     runs = [m for m in latest_manifests(wd) if "generate" in m.get("stages", {})]
     last = runs[-1] if runs else {}
     return {"counts": counts, "teachers": teachers.to_dicts(), "recipe_hash": last.get("recipe_hash"),
-            "run_id": last.get("run_id"), "package_version": last.get("package_version")}
+            "run_id": last.get("run_id"), "package_version": last.get("package_version"), "curation": _curation(wd)}
 
 
 def _card_body(name: str, version: str, lineage: dict, frames: dict[str, pl.DataFrame]) -> str:
@@ -105,9 +163,15 @@ Teacher:
 | repeated pairs (excluded) | {c['repeats']} |
 | pairs exported | {sum(f.height for f in frames.values())} |
 
+{_curation_section(lineage['curation'])}
 ## Columns
 - `pair_id`, `source_id`: content ids (hashes of the normalised texts); `request_id`: the teacher request
   that produced the pair; `teacher_model`, `prompt_version`: how it was asked.
+- Score columns (curated exports): `cosine` (sentence-embedding cosine), `nli_fwd`/`nli_bwd` (entailment
+  probability source => paraphrase and back), `rouge_l` (ROUGE-L F1), `bleu` (sentence BLEU, 0-100), `jaccard`
+  (token-set Jaccard), `wpd`/`ld` (word position / lexical deviation), `ted_3`/`ted_f` (tree edit distance of
+  dependency trees, top 3 levels / full), `len_ratio_chars`/`len_ratio_tokens`, `numbers_ok` (no number
+  absent from the source), `self_bleu` (BLEU against the other paraphrases of the same source).
 
 ## Load
 ```python
@@ -117,12 +181,17 @@ ds = load_dataset("path/or/repo-id")  # splits: train, validation, test
 """
 
 
-def content_hash(pairs: pl.DataFrame, cfg: ExportConfig) -> str:
-    """Hash of the exported pair ids and export options (not the version): equal hash, equal dataset."""
-    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json", exclude={"version"}), sort_keys=True).encode())
+def content_hash(pairs: pl.DataFrame, cfg: ExportConfig, curation_sets: tuple = ()) -> str:
+    """Hash of the exported pair ids, export options and curation sets (not the version): equal hash, equal data."""
+    opts = cfg.model_dump(mode="json", exclude={"version"})
+    h = hashlib.sha256(json.dumps([opts, list(curation_sets)], sort_keys=True).encode())
     for pid in pairs.get_column("pair_id").sort():
         h.update(pid.encode())
     return h.hexdigest()[:16]
+
+
+def _sets(wd: Workdir) -> tuple:
+    return (wd.current_set("decisions"), wd.current_set("scores"))
 
 
 def latest_export(wd: Workdir, name: str) -> dict | None:
@@ -139,7 +208,7 @@ def export_if_changed(wd: Workdir, cfg: ExportConfig, progress=None) -> dict:
     """A recipe rerun exports a new version only when the pairs or options changed."""
     pairs = exportable_pairs(wd, cfg.include_source_copies)
     latest = latest_export(wd, cfg.name)
-    if latest and latest.get("content_hash") == content_hash(pairs, cfg):
+    if latest and latest.get("content_hash") == content_hash(pairs, cfg, _sets(wd)):
         return {"skipped": True, "path": latest["path"], "version": latest["version"], "pairs": pairs.height,
                 "reason": "same pairs and options as the latest export"}
     return export_dataset(wd, cfg, progress, pairs)
@@ -151,7 +220,7 @@ def export_dataset(wd: Workdir, cfg: ExportConfig, progress=None, pairs: pl.Data
     version = next_version(wd, cfg.name, cfg.version)
     if pairs is None:
         pairs = exportable_pairs(wd, cfg.include_source_copies)
-    digest = content_hash(pairs, cfg)
+    digest = content_hash(pairs, cfg, _sets(wd))
     task = progress.add_task("export", total=pairs.height, unit="pairs") if progress else None
     try:
         pairs = assign_splits(pairs, cfg.splits)

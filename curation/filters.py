@@ -1,0 +1,133 @@
+"""Recipe filters: named keep-rules over score columns, dedup removals, optional top-k per source.
+
+Every pair ends kept, or dropped with every reason that applies; the funnel counts, step by step, the pairs that
+came in, were dropped there first, and went out.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from schemas.errors import RecipeError
+from schemas.recipe import FilterConfig, RuleConfig, TopKConfig
+from schemas.tables import SCORE_COLUMN_OWNER
+
+DEDUP_STEPS = {
+    "exact-source": "paraphrase equals its source (normalised)",
+    "exact": "same paraphrase as a kept pair of another source",
+    "semantic-source": "near-duplicate of a kept paraphrase of the same source (cosine)",
+    "semantic-corpus": "near-duplicate of a kept paraphrase of another source (cosine)",
+    "nli-graph": "entails / is entailed by a better pair of the same source (NLI graph)",
+}
+
+
+def _sql(text: str, what: str) -> pl.Expr:
+    try:
+        return pl.sql_expr(text)
+    except Exception as e:  # polars raises several error types for bad SQL
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"{what}: cannot parse SQL expression {text!r} ({first})") from None
+
+
+def rule_expr(rule: RuleConfig) -> pl.Expr:
+    """True where the pair passes; a missing value (null) fails."""
+    if rule.expr is not None:
+        return _sql(rule.expr, f"filter rule {rule.name!r}").fill_null(False)
+    col = pl.col(rule.column)
+    cond = pl.lit(True)
+    if rule.min is not None:
+        cond = cond & (col >= rule.min)
+    if rule.max is not None:
+        cond = cond & (col <= rule.max)
+    if rule.equals is not None:
+        cond = cond & (col == rule.equals)
+    return cond.fill_null(False)
+
+
+def describe(rule: RuleConfig) -> str:
+    if rule.expr is not None:
+        return rule.expr
+    parts = []
+    if rule.min is not None:
+        parts.append(f"{rule.column} >= {rule.min:g}")
+    if rule.max is not None:
+        parts.append(f"{rule.column} <= {rule.max:g}")
+    if rule.equals is not None:
+        parts.append(f"{rule.column} = {str(rule.equals).lower()}")
+    return " and ".join(parts)
+
+
+def _columns_of(expr: pl.Expr) -> list[str]:
+    return expr.meta.root_names()
+
+
+def validate(cfg: FilterConfig, available: set[str]) -> None:
+    """A rule or top-k objective naming an unknown column, or one whose scorer did not run: one RecipeError line."""
+    checks = [(f"filter rule {r.name!r}", rule_expr(r)) for r in cfg.rules]
+    if cfg.top_k:
+        checks.append(("filter.top_k.by", _sql(cfg.top_k.by, "filter.top_k.by")))
+    for what, expr in checks:
+        for col in _columns_of(expr):
+            if col in available:
+                continue
+            owner = SCORE_COLUMN_OWNER.get(col)
+            if owner is None:
+                known = ", ".join(sorted(available))
+                raise RecipeError(f"{what}: unknown column {col!r}; score columns are: {known}")
+            how = ("set nli.model to an NLI model path or Hub id" if owner == "nli"
+                   else f"add {owner!r} to score.scorers")
+            raise RecipeError(f"{what}: column {col!r} comes from the {owner!r} scorer, which is not run; {how} "
+                              "or drop the rule")
+
+
+def _top_k_keep(df: pl.DataFrame, top_k: TopKConfig, eligible: pl.Expr) -> pl.Series:
+    """False only for eligible pairs outside the best k of their source (top-k is no reason to drop the others)."""
+    score = _sql(top_k.by, "filter.top_k.by")
+    ranked = (df.with_row_index("_i").filter(eligible)
+              .with_columns(_score=score)
+              .sort(["_score", "pair_id"], descending=[top_k.descending, False], nulls_last=True)
+              .with_columns(_rank=pl.int_range(pl.len()).over("source_id"))
+              .filter(pl.col("_rank") < top_k.k))
+    keep = df.select(~eligible).to_series().fill_null(True)
+    return keep.scatter(ranked.get_column("_i").to_list(), True) if ranked.height else keep
+
+
+def decide(scored: pl.DataFrame, removed: pl.DataFrame, cfg: FilterConfig,
+           dedup_methods: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decisions (pair_id, source_id, kept, reasons) and funnel (step, rule, description, pairs_in, dropped, pairs_out).
+
+    `scored`: one row per unique pair with its score columns; `removed`: dedup links (pair_id, method);
+    `dedup_methods`: the dedup steps that ran (funnel rows even when they removed nothing; default: those seen).
+    """
+    steps: list[tuple[str, str, pl.Expr]] = []  # (name, description, passes)
+    method = scored.select("pair_id").join(removed.select("pair_id", "method"), on="pair_id", how="left")["method"]
+    df = scored.with_columns(_dedup=method)
+    for m, text in DEDUP_STEPS.items():
+        if (m in dedup_methods) if dedup_methods is not None else (df["_dedup"] == m).any():
+            steps.append((f"dedup:{m}", text, pl.col("_dedup").fill_null("") != m))
+    for rule in cfg.rules:
+        steps.append((rule.name, describe(rule), rule_expr(rule)))
+    passes = df.select([e.alias(f"_p{i}") for i, (_, _, e) in enumerate(steps)]) if steps else pl.DataFrame()
+    df = pl.concat([df, passes], how="horizontal")
+    flags = [f"_p{i}" for i in range(len(steps))]
+    if cfg.top_k:
+        eligible = pl.all_horizontal(flags) if flags else pl.lit(True)
+        df = df.with_columns(_top=_top_k_keep(df, cfg.top_k, eligible))
+        order = "desc" if cfg.top_k.descending else "asc"
+        steps.append(("top-k", f"best {cfg.top_k.k} per source by {cfg.top_k.by} ({order})", pl.col("_top")))
+        flags.append("_top")
+    reasons = pl.concat_list([pl.when(~pl.col(f)).then(pl.lit(name)).otherwise(None)
+                              for f, (name, _, _) in zip(flags, steps, strict=True)]).list.drop_nulls() \
+        if flags else pl.lit([], dtype=pl.List(pl.String))
+    decisions = df.select("pair_id", "source_id", reasons.alias("reasons")).with_columns(
+        kept=pl.col("reasons").list.len() == 0)
+    funnel, alive = [], pl.Series(df.height * [True])
+    for i, (f, (name, text, _)) in enumerate(zip(flags, steps, strict=True)):
+        fails = alive & ~df[f]
+        n_in = int(alive.sum())
+        alive = alive & df[f]
+        funnel.append((i + 1, name, text, n_in, int(fails.sum()), int(alive.sum())))
+    funnel_df = pl.DataFrame(funnel, schema={"step": pl.Int64, "rule": pl.String, "description": pl.String,
+                                             "pairs_in": pl.Int64, "dropped": pl.Int64, "pairs_out": pl.Int64},
+                             orient="row")
+    return decisions.select("pair_id", "source_id", "kept", "reasons"), funnel_df

@@ -1,0 +1,100 @@
+"""Dedup step: exact, FAISS-semantic and (with an NLI model) NLI-graph dedup over the unique pairs.
+
+Writes one dedup_links set per dedup_id (settings + embedding model + pair set); a rerun with the same inputs
+reuses it. The pair kept in each duplicate group is the one most similar to its source (cosine).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import polars as pl
+
+from curation.dedup import choose_index, empty_links, exact_links, nli_graph_links, semantic_links
+from pipelines.steps import embed as embed_step
+from pipelines.steps import nli as nli_step
+from pipelines.steps.pairs import content_key, pair_set_hash
+from pipelines.store import Workdir
+from schemas.recipe import DedupConfig, EmbedConfig, NLIConfig
+
+
+def methods(cfg: DedupConfig) -> list[str]:
+    """The dedup steps these settings run, in funnel order."""
+    out = ["exact-source", "exact"] if cfg.exact else []
+    out += ["semantic-source"] if cfg.within_source is not None else []
+    out += ["semantic-corpus"] if cfg.across_sources is not None else []
+    out += ["nli-graph"] if cfg.nli_graph else []
+    return out
+
+
+def dedup_id(cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame) -> str:
+    nli = nli_cfg.model_dump() if cfg.nli_graph else None
+    return content_key("dedup-v1", cfg.model_dump(), embed_step.model_id(embed_cfg), nli, pair_set_hash(pairs))
+
+
+def source_cosine(wd: Workdir, mid: str, pairs: pl.DataFrame) -> np.ndarray:
+    src = embed_step.vectors(wd, mid, pairs.get_column("source_id"))
+    para = embed_step.vectors(wd, mid, pairs.get_column("candidate_id"))
+    return (src * para).sum(axis=1) if pairs.height else np.zeros(0)
+
+
+def _nli_edges(wd: Workdir, cfg: DedupConfig, nli_cfg: NLIConfig, rest: pl.DataFrame, vecs: np.ndarray,
+               progress) -> list[tuple[int, int, float]]:
+    """Paraphrase pairs of one source whose texts entail each other (both ways >= threshold)."""
+    cand = []
+    groups = rest.get_column("source_id").to_list()
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    for members in by_group.values():
+        for a_pos, a in enumerate(members):
+            for b in members[a_pos + 1:]:
+                if float(vecs[a] @ vecs[b]) >= cfg.nli_min_cosine:
+                    cand.append((a, b))
+    if not cand:
+        return []
+    ids, texts = rest.get_column("candidate_id").to_list(), rest.get_column("paraphrase").to_list()
+    a_idx, b_idx = [a for a, _ in cand], [b for _, b in cand]
+    frame = pl.DataFrame({
+        "premise_id": [ids[i] for i in a_idx + b_idx], "premise": [texts[i] for i in a_idx + b_idx],
+        "hypothesis_id": [ids[i] for i in b_idx + a_idx], "hypothesis": [texts[i] for i in b_idx + a_idx]})
+    probs = nli_step.entailment(wd, nli_cfg, frame, progress, label="nli graph")
+    mutual = np.minimum(probs[: len(cand)], probs[len(cand):])
+    return [(a, b, float(m)) for (a, b), m in zip(cand, mutual, strict=True) if m >= cfg.nli_threshold]
+
+
+def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
+          progress=None) -> dict:
+    """Compute (or reuse) the dedup links of `pairs` and make them the current set."""
+    t0 = time.perf_counter()
+    did = dedup_id(cfg, embed_cfg, nli_cfg, pairs)
+    stats: dict = {"dedup_id": did, "pairs": pairs.height, "methods": methods(cfg)}
+    done = wd.stage_done("dedup", did)
+    if done:
+        if wd.current_set("dedup_links") != did:
+            wd.make_current("dedup_links", did)
+        return {**done, "skipped": True}
+    mid = embed_step.model_id(embed_cfg)
+    work = pairs.with_columns(priority=pl.Series(source_cosine(wd, mid, pairs), dtype=pl.Float64))
+    links = [exact_links(work) if cfg.exact else empty_links()]
+    rest = work.join(links[0].select("pair_id"), on="pair_id", how="anti").sort("pair_id")
+    index = choose_index(rest.height, cfg.index, cfg.exact_max)
+    stats["index"] = index if cfg.across_sources is not None else None
+    vecs = embed_step.vectors(wd, mid, rest.get_column("candidate_id"))
+    sem = semantic_links(rest, vecs, cfg.within_source, cfg.across_sources, cfg.neighbors, index)
+    links.append(sem)
+    if cfg.nli_graph:
+        rest = rest.join(sem.select("pair_id"), on="pair_id", how="anti").sort("pair_id")
+        fwd, bwd = nli_step.both_directions(wd, nli_cfg, rest, progress)
+        rest = rest.with_columns(priority=pl.Series(fwd.astype(np.float64) + bwd))
+        vecs = embed_step.vectors(wd, mid, rest.get_column("candidate_id"))
+        links.append(nli_graph_links(rest, _nli_edges(wd, cfg, nli_cfg, rest, vecs, progress)))
+    all_links = pl.concat(links).with_columns(dedup_id=pl.lit(did))
+    wd.append("dedup_links", all_links, key=did)
+    wd.make_current("dedup_links", did)
+    counts = all_links.group_by("method").len().sort("method")
+    stats["removed"] = dict(zip(counts["method"].to_list(), counts["len"].to_list(), strict=True))
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    wd.mark_stage_done("dedup", did, stats)
+    return stats

@@ -1,0 +1,66 @@
+"""Embed step: every unique text embedded once per workdir and model (embeddings table), then reused."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import polars as pl
+
+from curation.embedding import embedder_id, encode, load_embedder
+from pipelines.steps.pairs import unique_texts
+from pipelines.store import Workdir
+from schemas.recipe import EmbedConfig
+
+CHUNK = 4096  # texts per stored shard: an interrupted embed loses at most one chunk
+
+
+def model_id(cfg: EmbedConfig) -> str:
+    return embedder_id(cfg.model, cfg.dtype, cfg.backend, cfg.device)
+
+
+def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=None) -> dict:
+    """Embed the texts of `pairs` that have no stored vector for this model; returns counts and settings."""
+    t0 = time.perf_counter()
+    mid = model_id(cfg)
+    texts = unique_texts(pairs)
+    done = (wd.scan("embeddings").filter(pl.col("model_id") == mid).select("text_id").collect()
+            .get_column("text_id"))
+    todo = texts.filter(~pl.col("text_id").is_in(done.implode()))
+    stats = {"model_id": mid, "texts": texts.height, "cached": texts.height - todo.height, "embedded": 0,
+             "batch_size": cfg.batch_size, "backend": cfg.backend}
+    if todo.height == 0:
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        return stats
+    embedder = load_embedder(cfg.model, cfg.dtype, cfg.backend, cfg.device)
+    stats.update({k: embedder.settings[k] for k in ("dtype", "device", "dim")})
+    task = progress.add_task("embed", total=todo.height, unit="texts") if progress else None
+    t1 = time.perf_counter()
+    for start in range(0, todo.height, CHUNK):
+        chunk = todo.slice(start, CHUNK)
+        vecs = encode(embedder, chunk.get_column("text").to_list(), cfg.batch_size)
+        wd.append("embeddings", pl.DataFrame({
+            "text_id": chunk.get_column("text_id"), "model_id": [mid] * chunk.height,
+            "embedding": pl.Series(list(vecs), dtype=pl.List(pl.Float32))}))
+        stats["embedded"] += chunk.height
+        if task is not None:
+            progress.advance(task, chunk.height)
+    secs = time.perf_counter() - t1
+    stats["texts_per_s"] = round(stats["embedded"] / secs, 1) if secs > 0 else None
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return stats
+
+
+def vectors(wd: Workdir, mid: str, text_ids: pl.Series) -> np.ndarray:
+    """Stored vectors for `text_ids` (in that order); every id must have been embedded with `mid`."""
+    ids = pl.DataFrame({"text_id": text_ids})
+    stored = (wd.scan("embeddings").filter(pl.col("model_id") == mid)
+              .filter(pl.col("text_id").is_in(text_ids.unique().implode()))
+              .unique("text_id", keep="first").collect())
+    rows = ids.join(stored, on="text_id", how="left", maintain_order="left")
+    if rows.get_column("embedding").null_count():
+        raise RuntimeError("embeddings missing for some texts; run the embed stage first")
+    dim = rows.get_column("embedding").list.len()[0] if rows.height else 0
+    if rows.height == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return rows.get_column("embedding").list.to_array(dim).to_numpy().astype(np.float32, copy=False)

@@ -1,0 +1,60 @@
+"""NLI entailment probabilities, cached per (premise, hypothesis, model) in the nli_cache table."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipelines.store import Workdir
+from schemas.recipe import NLIConfig
+
+CHUNK = 2048  # premise/hypothesis pairs per stored shard
+
+
+def nli_model(cfg: NLIConfig):
+    from curation.nli import load_nli
+
+    return load_nli(cfg.model, cfg.device, cfg.dtype)
+
+
+def entailment(wd: Workdir, cfg: NLIConfig, premises: pl.DataFrame, progress=None, label: str = "nli") -> np.ndarray:
+    """p(premise => hypothesis) for each row of `premises` (premise_id, premise, hypothesis_id, hypothesis).
+
+    Pairs already in nli_cache for this model are read back; the rest go to the model and are stored.
+    """
+    from curation.nli import entailment_probs
+
+    if premises.height == 0:
+        return np.zeros(0, dtype=np.float32)
+    model = nli_model(cfg)
+    keys = premises.select("premise_id", "hypothesis_id")
+    cached = (wd.scan("nli_cache").filter(pl.col("model_id") == model.model_id)
+              .select("premise_id", "hypothesis_id", "entailment").collect()
+              .unique(["premise_id", "hypothesis_id"], keep="first"))
+    todo = (premises.unique(["premise_id", "hypothesis_id"], keep="first")
+            .join(cached, on=["premise_id", "hypothesis_id"], how="anti"))
+    task = progress.add_task(label, total=todo.height, unit="pairs") if (progress and todo.height) else None
+    new = []
+    for start in range(0, todo.height, CHUNK):
+        chunk = todo.slice(start, CHUNK)
+        probs = entailment_probs(model, chunk["premise"].to_list(), chunk["hypothesis"].to_list(),
+                                 batch_size=cfg.batch_size, max_length=cfg.max_length)
+        rows = chunk.select("premise_id", "hypothesis_id").with_columns(
+            model_id=pl.lit(model.model_id), entailment=pl.Series(np.asarray(probs, dtype=np.float32)))
+        wd.append("nli_cache", rows)
+        new.append(rows.select("premise_id", "hypothesis_id", "entailment"))
+        if task is not None:
+            progress.advance(task, chunk.height)
+    table = pl.concat([cached, *new]) if new else cached
+    out = keys.join(table, on=["premise_id", "hypothesis_id"], how="left", maintain_order="left")
+    return out.get_column("entailment").to_numpy().astype(np.float32)
+
+
+def both_directions(wd: Workdir, cfg: NLIConfig, pairs: pl.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """p(source => paraphrase) and p(paraphrase => source) for each pair, through the cache."""
+    fwd = pairs.select(pl.col("source_id").alias("premise_id"), pl.col("source").alias("premise"),
+                       pl.col("candidate_id").alias("hypothesis_id"), pl.col("paraphrase").alias("hypothesis"))
+    bwd = fwd.select(pl.col("hypothesis_id").alias("premise_id"), pl.col("hypothesis").alias("premise"),
+                     pl.col("premise_id").alias("hypothesis_id"), pl.col("premise").alias("hypothesis"))
+    probs = entailment(wd, cfg, pl.concat([fwd, bwd]), progress)
+    return probs[: pairs.height], probs[pairs.height:]
