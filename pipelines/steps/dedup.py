@@ -29,7 +29,7 @@ def methods(cfg: DedupConfig) -> list[str]:
 
 
 def dedup_id(cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame) -> str:
-    nli = nli_cfg.model_dump() if cfg.nli_graph else None
+    nli = nli_step.settings_key(nli_cfg) if cfg.nli_graph else None
     return content_key("dedup-v1", cfg.model_dump(), embed_step.model_id(embed_cfg), nli, pair_set_hash(pairs))
 
 

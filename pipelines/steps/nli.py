@@ -17,6 +17,21 @@ def nli_model(cfg: NLIConfig):
     return load_nli(cfg.model, cfg.device, cfg.dtype)
 
 
+def settings_key(cfg: NLIConfig) -> dict:
+    """The NLI settings plus, for a local folder, its content fingerprint (a changed model is a new result set)."""
+    from pathlib import Path
+
+    from curation.nli import folder_fingerprint
+
+    path = Path(cfg.model).expanduser() if cfg.model else None
+    return {**cfg.model_dump(), "fingerprint": folder_fingerprint(path) if path and path.is_dir() else None}
+
+
+def cache_id(model, cfg: NLIConfig) -> str:
+    """nli_cache key: the model's content id plus what changes its probabilities (device, dtype, max_length)."""
+    return f"{model.model_id}|{model.device}|{cfg.dtype}|{cfg.max_length}"
+
+
 def entailment(wd: Workdir, cfg: NLIConfig, premises: pl.DataFrame, progress=None, label: str = "nli") -> np.ndarray:
     """p(premise => hypothesis) for each row of `premises` (premise_id, premise, hypothesis_id, hypothesis).
 
@@ -27,8 +42,9 @@ def entailment(wd: Workdir, cfg: NLIConfig, premises: pl.DataFrame, progress=Non
     if premises.height == 0:
         return np.zeros(0, dtype=np.float32)
     model = nli_model(cfg)
+    mid = cache_id(model, cfg)
     keys = premises.select("premise_id", "hypothesis_id")
-    cached = (wd.scan("nli_cache").filter(pl.col("model_id") == model.model_id)
+    cached = (wd.scan("nli_cache").filter(pl.col("model_id") == mid)
               .select("premise_id", "hypothesis_id", "entailment").collect()
               .unique(["premise_id", "hypothesis_id"], keep="first"))
     todo = (premises.unique(["premise_id", "hypothesis_id"], keep="first")
@@ -40,7 +56,7 @@ def entailment(wd: Workdir, cfg: NLIConfig, premises: pl.DataFrame, progress=Non
         probs = entailment_probs(model, chunk["premise"].to_list(), chunk["hypothesis"].to_list(),
                                  batch_size=cfg.batch_size, max_length=cfg.max_length)
         rows = chunk.select("premise_id", "hypothesis_id").with_columns(
-            model_id=pl.lit(model.model_id), entailment=pl.Series(np.asarray(probs, dtype=np.float32)))
+            model_id=pl.lit(mid), entailment=pl.Series(np.asarray(probs, dtype=np.float32)))
         wd.append("nli_cache", rows)
         new.append(rows.select("premise_id", "hypothesis_id", "entailment"))
         if task is not None:

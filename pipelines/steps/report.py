@@ -25,7 +25,8 @@ def write_workdir_report(wd: Workdir, out_dir: Path | None = None, samples: int 
     scores = wd.read_current("scores").drop("score_set", "source_id")
     pairs = (unique_pairs(wd).select("pair_id", "source_id", "source", "paraphrase")
              .join(decisions, on="pair_id").join(scores, on="pair_id", how="left"))
-    metric_cols = [c for cols in SCORER_COLUMNS.values() for c in cols if pairs.get_column(c).null_count() < pairs.height]
+    metric_cols = [c for cols in SCORER_COLUMNS.values() for c in cols
+                   if pairs.get_column(c).null_count() < pairs.height]
     funnel = (wd.read_current("funnel").sort("step")
               .select("step", "rule", pl.col("pairs_in").alias("in"), "dropped", pl.col("pairs_out").alias("out")))
     corpus = wd.read_current("corpus_metrics").drop("filter_id").to_dicts()

@@ -35,7 +35,7 @@ def score_set_id(cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, p
     scorers = active_scorers(cfg, nli_cfg)
     return content_key("scores", SCORERS_VERSION, scorers, cfg.spacy_model,
                        embed_step.model_id(embed_cfg) if "cosine" in scorers else None,
-                       nli_cfg.model_dump() if "nli" in scorers else None, pair_set_hash(pairs))
+                       nli_step.settings_key(nli_cfg) if "nli" in scorers else None, pair_set_hash(pairs))
 
 
 def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
