@@ -26,6 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/curation.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

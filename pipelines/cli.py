@@ -307,11 +307,13 @@ def run(
         note = " (unchanged, not re-exported)" if e.get("skipped") else ""
         out.print(f"[bold]dataset[/bold] {e['path']}  version {e['version']}{note}")
         out.print(f"  python -c \"import datasets; print(datasets.load_dataset('{e['path']}'))\"")
+    curated = "curation" in res and "filter" in res["curation"]
+    keep = ("JOIN decisions d USING (pair_id) WHERE d.kept" if curated
+            else "WHERE NOT c.is_source_copy AND NOT c.is_repeat")
     sample = run_query(res["workdir"], "SELECT s.text AS source, c.paraphrase FROM candidates c JOIN sources s "
-                                       "USING (source_id) WHERE NOT c.is_source_copy AND NOT c.is_repeat "
-                                       "ORDER BY c.pair_id LIMIT 3")
+                                       f"USING (source_id) {keep} ORDER BY c.pair_id LIMIT 3")
     if sample.height:
-        out.print("[bold]sample pairs[/bold]")
+        out.print("[bold]sample kept pairs[/bold]" if curated else "[bold]sample pairs[/bold]")
         for src, para in sample.iter_rows():
             out.print(f"  {src}\n    -> {para}")
     out.print("[bold]try SQL[/bold]")
