@@ -27,8 +27,13 @@ def resolve_recipe_path(ref: str) -> Path:
     raise RecipeError(f"{ref}: no such recipe file (shipped recipes: {names})")
 
 
+TEACHER_TAGS = {"local", "import"}  # pydantic puts the discriminated union's tag in the error path
+
+
 def _loc(err: dict) -> str:
-    return ".".join(str(x) for x in err["loc"]) or "(top level)"
+    loc = [str(x) for x in err["loc"]]
+    loc = [x for i, x in enumerate(loc) if not (i and loc[i - 1] == "teacher" and x in TEACHER_TAGS)]
+    return ".".join(loc) or "(top level)"
 
 
 def validated(model: type[M], data: object, origin: str) -> M:
