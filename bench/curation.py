@@ -75,7 +75,7 @@ def scorer_rows(ids: list[str], src: list[str], tgt: list[str], ref_n: int) -> l
     row("ROUGE-L", rouge, lambda: ref_rouge_l(src[sub], tgt[sub]), "rouge-score loop", len(src[sub]), LEXICAL_TARGET)
     row("BLEU", lambda: lexical.sentence_bleu(tgt, [[s] for s in src]),
         lambda: ref_bleu(src[sub], tgt[sub]), "sacrebleu.sentence_bleu loop", len(src[sub]), LEXICAL_TARGET)
-    row("WPD + LD", lambda: (syntax.wpd(s_lem, t_lem), syntax.ld(s_lem, t_lem)),
+    row("WPD + LD", lambda: syntax.wpd_ld(s_lem, t_lem),
         lambda: ref_wpd_ld([docs[s] for s in src[sub]], [docs[t] for t in tgt[sub]]),
         "paraphrase-metrics loop (parsed docs)", len(src[sub]), LEXICAL_TARGET)
 

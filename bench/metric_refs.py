@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import sys
 import time
 from pathlib import Path
+
+# run as a script, bench/ is first on sys.path and bench/curation.py would shadow the curation package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEMO = Path(__file__).resolve().parents[1] / "pipelines/data/demo_sources.txt"
 

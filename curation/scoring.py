@@ -42,7 +42,7 @@ def score_pairs(pairs: pl.DataFrame, scorers: list[str], *, src_vecs: np.ndarray
         cols["jaccard"] = lexical.token_jaccard(s_tok, p_tok)
     if "wpd_ld" in scorers:
         s_lem, p_lem = src_an.get_column("lemmas").to_list(), para_an.get_column("lemmas").to_list()
-        cols["wpd"], cols["ld"] = syntax.wpd(s_lem, p_lem), syntax.ld(s_lem, p_lem)
+        cols["wpd"], cols["ld"] = syntax.wpd_ld(s_lem, p_lem)
     if "ted" in scorers:
         s_tree, p_tree = src_an.get_column("tree").to_list(), para_an.get_column("tree").to_list()
         cols["ted_3"] = syntax.tree_edit_distance(s_tree, p_tree, 3)
