@@ -64,8 +64,9 @@ def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], 
     the columns named in `metric_columns` (numeric or boolean, nulls allowed; an all-null metric is skipped with a
     note). `funnel`: `step, rule, in, dropped, out` in order. `corpus`: one dict per selection ("all", "kept",
     "dropped", ...). `lineage`: strings/numbers to show in the header. `samples` kept and `samples` dropped pairs
-    are drawn at random, deterministically for a given `seed`. Float histograms use `bins` equal-width bins whose
-    edges are shared by kept and dropped; boolean metrics get two bins, false and true.
+    are drawn at random, deterministically for a given `seed`. Numeric histograms use `bins` equal-width bins whose
+    edges are shared by kept and dropped (integer-valued metrics spanning at most `bins` values get one unit-wide
+    bin per integer instead); boolean metrics get two bins, false and true. NaN/inf count as missing.
     """
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
@@ -171,9 +172,13 @@ def _histogram(pairs: pl.DataFrame, metric: str, bins: int) -> dict:
         return {**empty, "nulls": nulls, "note": _empty_note(pairs)}
     lo = float(min(kv.min() if kv.size else math.inf, dv.min() if dv.size else math.inf))
     hi = float(max(kv.max() if kv.size else -math.inf, dv.max() if dv.size else -math.inf))
-    if lo == hi:  # one distinct value: centre it in a unit-wide range
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
+    both = np.concatenate([kv, dv])
+    if np.all(both == np.round(both)) and hi - lo + 1 <= bins:  # few integer values: one unit bin per integer
+        edges = np.arange(lo - 0.5, hi + 1.0, 1.0)
+    elif lo == hi:  # one distinct value: centre it in a unit-wide range
+        edges = np.linspace(lo - 0.5, hi + 0.5, bins + 1)
+    else:
+        edges = np.linspace(lo, hi, bins + 1)
     kc, _ = np.histogram(kv, bins=edges)
     dc, _ = np.histogram(dv, bins=edges)
     return {
@@ -276,18 +281,19 @@ tbody tr:nth-child(even){background:#fafbfc}
 .key{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 10px;vertical-align:-1px}
 .key:first-child{margin-left:0}
 .grid{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:14px}
-.hist{border:1px solid #e3e6ec;border-radius:6px;padding:10px 10px 6px;background:#fff}
-.hist svg{display:block;width:100%;height:auto}
-.hist .cap{font-size:11.5px;color:#5b6475;margin:2px 0 0;font-variant-numeric:tabular-nums}
-.hist.skipped{background:#fafbfc;color:#5b6475}
+div.hist{border:1px solid #e3e6ec;border-radius:6px;padding:10px 10px 6px;background:#fff}
+div.hist svg{display:block;width:100%;height:auto}
+div.hist .cap{font-size:11.5px;color:#5b6475;margin:2px 0 0;font-variant-numeric:tabular-nums}
+div.hist.skipped{background:#fafbfc;color:#5b6475}
 .notes{margin:0 0 12px;padding:8px 12px;background:#fff8e6;border:1px solid #f1dca2;border-radius:6px;font-size:13px}
 .samples{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:12px}
 .sample{border:1px solid #e3e6ec;border-radius:6px;padding:10px 12px;border-left:4px solid #2f6db5}
 .sample.dropped{border-left-color:#e07b39}
 .sample .id{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:11px;color:#7a8294;
 overflow-wrap:anywhere}
-.sample .t{margin:4px 0;overflow-wrap:anywhere;white-space:pre-wrap}
-.sample .t b{display:inline-block;width:84px;color:#5b6475;font-weight:600;font-size:12px}
+.sample .t{margin:4px 0;display:grid;grid-template-columns:86px minmax(0,1fr);overflow-wrap:anywhere;
+white-space:pre-wrap}
+.sample .t b{color:#5b6475;font-weight:600;font-size:12px;padding-top:1px}
 .chips{margin-top:6px;display:flex;flex-wrap:wrap;gap:4px}
 .chip{font-size:11.5px;padding:1px 7px;border-radius:10px;background:#eef1f5;font-variant-numeric:tabular-nums}
 .chip.reason{background:#fde7d8;color:#8a3d0c}
@@ -492,8 +498,8 @@ def _tick_label(value: float, step: float) -> str:
 
 
 def _hist_svg(metric: str, hist: dict) -> str:
-    W, H = 360, 200
-    left, right, top, bottom = 46, 10, 8, 30
+    W, H = 360, 206
+    left, right, top, bottom = 46, 12, 8, 36
     pw, ph = W - left - right, H - top - bottom
     kept, dropped = hist["kept"], hist["dropped"]
     nb = len(kept)
@@ -549,7 +555,7 @@ def _hist_svg(metric: str, hist: dict) -> str:
             parts.append(f'<text x="{px:.1f}" y="{top + ph + 15}" text-anchor="middle">'
                          f"{_e(_tick_label(t, step))}</text>")
             t += step
-    parts.append(f'<text x="{left + pw / 2:.1f}" y="{H - 2}" text-anchor="middle" fill="#1d2330">{_e(metric)}</text>')
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{H - 6}" text-anchor="middle" fill="#1d2330">{_e(metric)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -586,8 +592,8 @@ def _sample_card(sample: dict, side: str) -> str:
     return (
         f'<div class="sample {side}"><div class="id">{_e(sample.get("pair_id"))} · source '
         f'{_e(sample.get("source_id"))}</div>'
-        f'<div class="t"><b>source</b>{_e(_clip(sample.get("source")))}</div>'
-        f'<div class="t"><b>paraphrase</b>{_e(_clip(sample.get("paraphrase")))}</div>'
+        f'<div class="t"><b>source</b><span>{_e(_clip(sample.get("source")))}</span></div>'
+        f'<div class="t"><b>paraphrase</b><span>{_e(_clip(sample.get("paraphrase")))}</span></div>'
         f'<div class="chips">{reasons}{metrics}</div></div>'
     )
 

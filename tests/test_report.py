@@ -199,13 +199,26 @@ def test_samples_deterministic_and_from_the_right_side(report, pairs):
     assert len(build(pairs, samples=3)["samples"]["dropped"]) == 3
 
 
-def test_bins_parameter_and_constant_metric():
-    pairs = make_pairs(50).with_columns(ted=pl.lit(7.0))
+def test_bins_parameter_constant_and_integer_metrics():
+    pairs = make_pairs(50).with_columns(ted=pl.lit(7.5), cos_sim=pl.Series([float(i % 4) for i in range(50)]))
     report = build(pairs, bins=5)
     hist = report["histograms"]["ted"]
-    assert len(hist["edges"]) == 6 and hist["edges"][0] < 7.0 < hist["edges"][-1]
+    assert len(hist["edges"]) == 6 and hist["edges"][0] < 7.5 < hist["edges"][-1]
     assert sum(hist["kept"]) + sum(hist["dropped"]) == 50
     assert len(report["histograms"]["rouge_l"]["kept"]) == 5
+    ints = report["histograms"]["cos_sim"]  # values 0..3: one unit bin per integer
+    assert ints["edges"] == [-0.5, 0.5, 1.5, 2.5, 3.5]
+    total = [k + d for k, d in zip(ints["kept"], ints["dropped"], strict=True)]
+    assert total == [13, 13, 12, 12]
+    # the 0..40 integer TED of the main fixture spans more than `bins` values: equal-width bins
+    assert len(build(make_pairs(50), bins=5)["histograms"]["ted"]["edges"]) == 6
+
+
+def test_nan_and_inf_count_as_missing():
+    pairs = make_pairs(20).with_columns(rouge_l=pl.Series([float("nan"), float("inf")] + [0.5] * 18))
+    hist = build(pairs)["histograms"]["rouge_l"]
+    assert hist["n"]["kept"] + hist["n"]["dropped"] == 18
+    assert hist["nulls"]["kept"] + hist["nulls"]["dropped"] == 2
 
 
 def test_missing_column_is_a_clear_input_error(pairs):
