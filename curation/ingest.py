@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from curation.text import normalize_expr, text_id
-from schemas.errors import InputError
+from schemas.errors import InputError, first_line
 
 RAW_SCHEMA = {
     "origin": pl.String,
@@ -130,24 +130,26 @@ def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str) -> 
     )
 
 
-def read_csv(path: Path, text_column: str) -> pl.DataFrame:
-    """A CSV/TSV with a header row; every column read as text."""
+def _csv_frame(path: Path) -> pl.DataFrame:
+    """A CSV/TSV read with every column as text; an unreadable file is one InputError line."""
     _read_bytes(path)
     try:
-        df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
-                         separator="\t" if path.suffix.lower() == ".tsv" else ",")
+        return pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
+                           separator="\t" if path.suffix.lower() == ".tsv" else ",")
     except Exception as e:  # polars raises several error types for malformed CSV
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a readable CSV ({first})") from None
-    return _column_rows(df, str(path), text_column, "column")
+        raise InputError(f"{path}: not a readable CSV ({first_line(e)})") from None
+
+
+def read_csv(path: Path, text_column: str) -> pl.DataFrame:
+    """A CSV/TSV with a header row; every column read as text."""
+    return _column_rows(_csv_frame(path), str(path), text_column, "column")
 
 
 def read_parquet(path: Path, text_column: str) -> pl.DataFrame:
     try:
         df = pl.read_parquet(path)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a readable Parquet file ({first})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     return _column_rows(df, str(path), text_column, "column")
 
 
@@ -180,8 +182,7 @@ def _load_hf(ref: str, split: str):
             raise InputError(f"{ref}: {msg}; pass --split") from None
         raise InputError(f"{ref}: cannot load dataset ({msg})") from None
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{ref}: cannot load Hugging Face dataset ({msg})") from None
+        raise InputError(f"{ref}: cannot load Hugging Face dataset ({first_line(e)})") from None
     return ds
 
 
@@ -310,13 +311,7 @@ def read_records(ref: str, columns: list[str], split: str = "train", hints: dict
         return _typed_records(df, origin, columns, lossy=False)
     path = Path(target)
     if kind == "csv":
-        _read_bytes(path)
-        try:
-            df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
-                             separator="\t" if path.suffix.lower() == ".tsv" else ",")
-        except Exception as e:  # polars raises several error types for malformed CSV
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{path}: not a readable CSV ({first})") from None
+        df = _csv_frame(path)
         _require_columns(str(path), df.columns, columns, hints)
         return _typed_records(df, str(path), columns, lossy=True)
     if kind == "parquet":
@@ -327,8 +322,7 @@ def read_records(ref: str, columns: list[str], split: str = "train", hints: dict
         except InputError:
             raise
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{path}: not a readable Parquet file ({first})") from None
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
         return _typed_records(df, str(path), columns, lossy=False)
     return _jsonl_records(path, columns, hints)
 

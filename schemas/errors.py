@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type name): enough for a one-line user error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad recipe, malformed input). Never shown as a traceback."""
 

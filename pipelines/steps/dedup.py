@@ -33,10 +33,11 @@ def dedup_id(cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs
     return content_key("dedup-v1", cfg.model_dump(), embed_step.model_id(embed_cfg), nli, pair_set_hash(pairs))
 
 
-def source_cosine(wd: Workdir, mid: str, pairs: pl.DataFrame) -> np.ndarray:
+def _pair_vectors(wd: Workdir, mid: str, pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Paraphrase vectors and source cosine of every pair, read from the embeddings table once."""
     src = embed_step.vectors(wd, mid, pairs.get_column("source_id"))
     para = embed_step.vectors(wd, mid, pairs.get_column("candidate_id"))
-    return (src * para).sum(axis=1) if pairs.height else np.zeros(0)
+    return para, ((src * para).sum(axis=1) if pairs.height else np.zeros(0))
 
 
 def _nli_edges(wd: Workdir, cfg: DedupConfig, nli_cfg: NLIConfig, rest: pl.DataFrame, vecs: np.ndarray,
@@ -76,19 +77,20 @@ def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
             wd.make_current("dedup_links", did)
         return {**done, "skipped": True}
     mid = embed_step.model_id(embed_cfg)
-    work = pairs.with_columns(priority=pl.Series(source_cosine(wd, mid, pairs), dtype=pl.Float64))
+    para_vecs, cosine = _pair_vectors(wd, mid, pairs)
+    work = pairs.with_columns(priority=pl.Series(cosine, dtype=pl.Float64)).with_row_index("_vec")
     links = [exact_links(work) if cfg.exact else empty_links()]
     rest = work.join(links[0].select("pair_id"), on="pair_id", how="anti").sort("pair_id")
     index = choose_index(rest.height, cfg.index, cfg.exact_max)
     stats["index"] = index if cfg.across_sources is not None else None
-    vecs = embed_step.vectors(wd, mid, rest.get_column("candidate_id"))
+    vecs = para_vecs[rest.get_column("_vec").to_numpy()]
     sem = semantic_links(rest, vecs, cfg.within_source, cfg.across_sources, cfg.neighbors, index)
     links.append(sem)
     if cfg.nli_graph:
         rest = rest.join(sem.select("pair_id"), on="pair_id", how="anti").sort("pair_id")
         fwd, bwd = nli_step.both_directions(wd, nli_cfg, rest, progress)
         rest = rest.with_columns(priority=pl.Series(fwd.astype(np.float64) + bwd))
-        vecs = embed_step.vectors(wd, mid, rest.get_column("candidate_id"))
+        vecs = para_vecs[rest.get_column("_vec").to_numpy()]
         links.append(nli_graph_links(rest, _nli_edges(wd, cfg, nli_cfg, rest, vecs, progress)))
     all_links = pl.concat(links).with_columns(dedup_id=pl.lit(did))
     wd.append("dedup_links", all_links, key=did)
