@@ -33,5 +33,5 @@ def pairs_from_generations(gens: pl.DataFrame, known_pairs: set[str]) -> pl.Data
     ).with_row_index("_order")
     first = pl.col("_order") == pl.col("_order").min().over("pair_id")
     df = df.with_columns(is_repeat=~first | pl.col("pair_id").is_in(list(known_pairs)),
-                         item_index=pl.col("item_index").cast(pl.Int64))
+                         item_index=pl.col("item_index").cast(pl.Int64), context_id=pl.lit(None, pl.String))
     return df.drop("_order")

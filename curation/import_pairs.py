@@ -150,7 +150,8 @@ def import_rows(records: pl.DataFrame, source_column: str, paraphrase_column: st
                  "prompt_version": prompt_version, "sample_index": 0, "temperature": None, "top_p": None,
                  "max_new_tokens": None, "dtype": None, "seed": None, "params_json": "{}", "parse_error": None,
                  "prompt_tokens": None, "completion_tokens": None, "finish_reason": FINISH_REASON,
-                 "latency_s": None, "run_id": run_id}
+                 "latency_s": None, "run_id": run_id,
+                 "cost_usd": None, "attempts": None, "batch_id": None, "refusal": None}
 
     def bad(i: int, fld: str, reason: str, raw: object) -> None:
         quarantine.append((origins[i], rows[i], fld, reason, None if raw is None else _preview(raw)))

@@ -93,3 +93,38 @@ def parse_paraphrases(text: str | None, mode: str = "list") -> tuple[list[str], 
             seen.add(it)
             unique.append(it)
     return (unique[:1] if mode == "single" else unique), None
+
+
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _salvage_json_list(text: str) -> list[str] | None:
+    """Complete string items of a JSON list cut off mid-way (`{"paraphrases": ["a", "b", "c`)."""
+    s = text.strip()
+    start = s.find("[")
+    if not s.startswith(("{", "[")) or start < 0:
+        return None
+    out = []
+    for m in _JSON_STRING.finditer(s, start):
+        try:
+            out.append(json.loads(f'"{m.group(1)}"'))
+        except json.JSONDecodeError:
+            continue
+    return [x for x in (_clean(x) for x in out) if x]
+
+
+def parse_choice(content: str | None, mode: str, finish_reason: str | None = "stop",
+                 refusal: str | None = None) -> tuple[list[str], str | None]:
+    """Items of one chat choice. A refusal yields none; a reply cut by `finish_reason: length` loses its last,
+    possibly truncated item (a cut JSON list keeps its complete strings)."""
+    if refusal:
+        return [], f"refused: {refusal.strip()[:200]}"
+    if finish_reason != "length":
+        return parse_paraphrases(content, mode)
+    if content and _json_list(content) is None and (salvaged := _salvage_json_list(content)) is not None:
+        items = salvaged
+    else:
+        items = parse_paraphrases(content, "list")[0][:-1]
+    if not items:
+        return [], "truncated (finish_reason length) before a complete paraphrase"
+    return (items[:1] if mode == "single" else items), None

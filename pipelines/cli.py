@@ -85,23 +85,58 @@ def generate(
     prompt: Annotated[str | None, typer.Option(help="Prompt template name, NAME@VERSION or YAML path.")] = None,
     n: Annotated[int | None, typer.Option(help="Paraphrases per source.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N sources.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Requests per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Requests per batch (local teacher).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print estimated requests, tokens and dollars; "
+                                                            "send nothing.")] = False,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly at this many USD spent (resumable).")] = None,
 ) -> None:
-    """Ask the teacher for paraphrases of every stored source (resumable; nothing is generated twice).
+    """Ask the teacher for paraphrases of every stored source (resumable; nothing is paid for twice).
 
-    Example: paradistill generate -w work/qs --n 3 --limit 20
+    Example: paradistill generate -r my-openai.yaml --dry-run   (then: --max-cost 5)
     """
     from pipelines import runner
-    from pipelines.recipes_io import validated
-    from schemas.recipe import TeacherConfig
 
     r, wd = _recipe_and_workdir(recipe, workdir)
-    overrides = {k: v for k, v in dict(model=model, prompt=prompt, n=n, limit=limit, batch_size=batch_size).items()
-                 if v is not None}
-    cfg = validated(TeacherConfig, {**(r.teacher.model_dump() if r else {}), **overrides}, "generate options")
-    s = runner.generate(wd, cfg)
-    out.print(f"{s['generated']} request(s) generated ({s['already_done']} already stored), "
-              f"{s['parse_errors']} without a parsable paraphrase, {s['completion_tokens']} completion tokens")
+    overrides = dict(model=model, prompt=prompt, n=n, limit=limit, batch_size=batch_size, max_cost=max_cost)
+    cfg = _teacher_config(r, overrides)
+    s = runner.generate(wd, cfg, dry_run=dry_run)
+    _print_teacher(s)
+
+
+def _teacher_config(r, overrides: dict):
+    """The recipe's teacher (default: local) with the CLI's non-empty overrides, validated as one config."""
+    from pydantic import TypeAdapter
+
+    from pipelines.recipes_io import validated_with
+    from schemas.recipe import Teacher
+
+    base = r.teacher.model_dump() if r else {}
+    return validated_with(TypeAdapter(Teacher), {**base, **{k: v for k, v in overrides.items() if v is not None}},
+                          "generate options")
+
+
+def _print_teacher(s: dict) -> None:
+    est = s.get("estimate")
+    if est:
+        cost = ("unknown (no price for this model)" if est["cost_usd_est"] is None
+                else f"${est['cost_usd_est']:,.4f}")
+        out.print(f"requests planned {s['planned']}, already stored {s['already_done']}, to send {est['requests']}; "
+                  f"prompt tokens {est['prompt_tokens']:,} (tiktoken), completion tokens "
+                  f"~{est['completion_tokens_est']:,}, cost ~{cost}")
+    if s.get("dry_run"):
+        out.print("[dim]dry run: nothing was sent[/dim]")
+        return
+    if "generated" in s:
+        line = f"{s['generated']} response(s) stored"
+        if "failed" in s:
+            line += f", {s['failed']} failed (see request_failures)"
+        if "parse_errors" in s:
+            line += f", {s['parse_errors']} without a parsable paraphrase"
+        if s.get("cost_usd") is not None and "cost_usd" in s:
+            line += f", ${s['cost_usd']:,.4f} this run"
+        out.print(line)
+    if s.get("pending_batches"):
+        out.print(f"{s['pending_batches']} batch(es) still running; rerun the same command to collect them")
 
 
 @app.command()
@@ -281,22 +316,35 @@ def sql(
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a shipped name such as demo.")],
     workdir: WorkdirOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Ingest, then print the teacher's estimated requests, "
+                                                            "tokens and dollars; send nothing.")] = False,
+    max_cost: Annotated[float | None, typer.Option(help="Stop the teacher at this many USD (resumable).")] = None,
 ) -> None:
-    """Run a recipe end to end: ingest -> generate -> candidates -> curation -> export. Rerun to resume.
+    """Run a recipe end to end: ingest -> teacher -> candidates -> curation -> export. Rerun to resume.
 
     Example: paradistill run pipelines/recipes/demo.yaml
     """
     from pipelines import runner
+    from pipelines.recipes_io import load_recipe
     from pipelines.sql import query as run_query
 
-    res = runner.run(recipe, workdir)
+    r = load_recipe(recipe)[0]
+    if max_cost is not None:
+        r.teacher = _teacher_config(r, {"max_cost": max_cost})
+    res = runner.run(r, workdir, dry_run=dry_run)
+    if dry_run or res["teacher"].get("pending_batches"):
+        _print_teacher(res["teacher"])
+        return
     st = res["stages"]
     out.print(f"\n[bold]workdir[/bold] {res['workdir']}")
     if "ingest" in st:
         out.print(f"sources kept {st['ingest']['kept']} (quarantined {st['ingest']['quarantined']}, duplicates "
                   f"{st['ingest']['duplicates']})")
     if "generate" in st:
-        out.print(f"requests {st['generate']['planned']} ({st['generate']['generated']} new)")
+        g = st["generate"]
+        out.print(f"requests {g.get('planned', g.get('contexts_planned'))} ({g.get('generated', 0)} new"
+                  + (f", {g['failed']} failed" if g.get("failed") else "")
+                  + (f", ${g['cost_usd']:,.4f}" if g.get("cost_usd") else "") + ")")
     if "import" in st:
         out.print(f"imported rows {st['import']['rows']} ({st['import']['quarantined']} quarantined)")
     out.print(f"candidates +{st['candidates']['pairs']}")

@@ -1,4 +1,4 @@
-"""Rich progress bars with counts, rate and ETA (and tokens/s for generation) on stderr."""
+"""Rich progress bars with counts, rate and ETA (and tokens/s, dollars and projected total for teachers)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ class _TokensColumn(ProgressColumn):
         return Text(f"{tokens:,} tok {rate}", style="cyan")
 
 
+class _CostColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        cost = task.fields.get("cost")
+        if cost is None:
+            return Text("")
+        projected = task.fields.get("projected")
+        total = f" of ~${projected:,.2f}" if projected is not None else ""
+        return Text(f"${cost:,.4f}{total}", style="green")
+
+
 def make_progress() -> Progress:
     """One Progress for a command; each long step adds a task with `unit` (and `tokens` for generation)."""
     return Progress(
@@ -44,6 +54,7 @@ def make_progress() -> Progress:
         TaskProgressColumn(),
         _RateColumn(),
         _TokensColumn(),
+        _CostColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

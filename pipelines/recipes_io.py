@@ -27,19 +27,26 @@ def resolve_recipe_path(ref: str) -> Path:
     raise RecipeError(f"{ref}: no such recipe file (shipped recipes: {names})")
 
 
-TEACHER_TAGS = {"local", "import"}  # pydantic puts the discriminated union's tag in the error path
+# pydantic puts the discriminated union's tag in the error path
+TEACHER_TAGS = {"local", "import", "openai", "openai-batch", "contextual"}
 
 
 def _loc(err: dict) -> str:
     loc = [str(x) for x in err["loc"]]
-    loc = [x for i, x in enumerate(loc) if not (i and loc[i - 1] == "teacher" and x in TEACHER_TAGS)]
+    loc = [x for i, x in enumerate(loc) if not (x in TEACHER_TAGS and (i == 0 or loc[i - 1] == "teacher"))]
     return ".".join(loc) or "(top level)"
 
 
 def validated(model: type[M], data: object, origin: str) -> M:
     """Validate `data` as `model`; the first problem becomes one RecipeError line naming its field."""
+    return validated_with(model.model_validate, data, origin)
+
+
+def validated_with(adapter, data: object, origin: str):
+    """Validate with a pydantic TypeAdapter (or a model's `model_validate`); errors as in `validated`."""
+    check = adapter.validate_python if hasattr(adapter, "validate_python") else adapter
     try:
-        return model.model_validate(data)
+        return check(data)
     except ValidationError as e:
         errs = e.errors()
         first = errs[0]

@@ -22,8 +22,11 @@ from pipelines.steps.pairs import unique_pairs
 from pipelines.steps.report import write_workdir_report
 from pipelines.steps.score import available_columns, score
 from pipelines.store import Workdir
-from schemas.errors import RecipeError, StateError
+from schemas.errors import BudgetReached, RecipeError, StateError
 from schemas.recipe import (
+    BatchTeacherConfig,
+    ChatTeacherConfig,
+    ContextualTeacherConfig,
     ExportConfig,
     FilterConfig,
     ImportTeacherConfig,
@@ -51,6 +54,9 @@ def _session(workdir: str | Path, command: str, recipe: Recipe | None, show_prog
         except KeyboardInterrupt:
             manifest.finish("interrupted")
             raise
+        except BudgetReached:
+            manifest.finish("stopped-at-budget")
+            raise
         except BaseException:
             manifest.finish("failed")
             raise
@@ -71,13 +77,54 @@ def ingest(paths: list[str], workdir: str | Path, text_column: str = "text", spl
         return {**stats, "run_id": manifest.run_id}
 
 
-def generate(workdir: str | Path, teacher: TeacherConfig | None = None, progress: bool = True) -> dict:
-    """Ask the teacher for paraphrases of every source not yet done (resumable)."""
+def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False) -> dict:
+    """Run the configured teacher (local, import, openai, openai-batch, contextual); resumable, never pays twice."""
+    if isinstance(cfg, ImportTeacherConfig):
+        stats = import_pairs(wd, cfg, IngestConfig().max_chars, manifest, prog)
+        manifest.record_stage("import", stats)
+        return stats
+    if isinstance(cfg, ContextualTeacherConfig):
+        from pipelines.steps.contextual import generate_contextual
+
+        stats = generate_contextual(wd, cfg, manifest.run_id, prog)
+    elif isinstance(cfg, ChatTeacherConfig | BatchTeacherConfig):
+        from pipelines.steps.batch import generate_batch
+        from pipelines.steps.chat import generate_chat
+        from pipelines.steps.moderation import moderate_sources
+
+        flagged = None
+        if cfg.moderation.sources and not dry_run:
+            flagged, mstats = moderate_sources(wd, cfg)
+            manifest.record_stage("moderation-sources", mstats)
+        fn = generate_chat if isinstance(cfg, ChatTeacherConfig) else generate_batch
+        stats = fn(wd, cfg, manifest.run_id, prog, dry_run=dry_run, moderated=flagged)
+    else:
+        stats = _generate(wd, cfg, manifest.run_id, prog)
+    manifest.record_stage("generate", {**stats, "teacher": cfg.model_dump(mode="json")})
+    return stats
+
+
+def _after_teacher(wd: Workdir, cfg, manifest: RunManifest, stats: dict) -> None:
+    """Candidates from what was stored, output moderation, then a budget stop becomes a clear exit."""
+    manifest.record_stage("candidates", build_candidates(wd))
+    if getattr(cfg, "moderation", None) is not None and cfg.moderation.outputs:
+        from pipelines.steps.moderation import moderate_outputs
+
+        manifest.record_stage("moderation-outputs", moderate_outputs(wd, cfg))
+    if stats.get("stopped_at_budget"):
+        raise BudgetReached(
+            f"teacher stopped at the budget: ${stats.get('spent_total_usd', 0):.4f} spent of max_cost "
+            f"${cfg.max_cost:.4f}; everything paid for is stored, rerun with a larger --max-cost to go on")
+
+
+def generate(workdir: str | Path, teacher=None, progress: bool = True, dry_run: bool = False) -> dict:
+    """Ask the teacher for paraphrases of every source not yet done (resumable); `dry_run` only estimates."""
     cfg = teacher or TeacherConfig()
     with _session(workdir, "generate", None, progress) as (wd, manifest, prog):
         wd.require()
-        stats = _generate(wd, cfg, manifest.run_id, prog)
-        manifest.record_stage("generate", {**stats, "teacher": cfg.model_dump(mode="json")})
+        stats = _teach(wd, cfg, manifest, prog, dry_run)
+        if not dry_run:
+            _after_teacher(wd, cfg, manifest, stats)
         return {**stats, "run_id": manifest.run_id}
 
 
@@ -164,11 +211,13 @@ def report(workdir: str | Path, out_dir: str | Path | None = None, samples: int 
         return stats
 
 
-def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run a recipe end to end: ingest -> generate (or import) -> candidates -> curation -> export. Resumes."""
+def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: bool = True,
+        dry_run: bool = False) -> dict:
+    """Run a recipe end to end: ingest -> teacher -> candidates -> curation -> export. Resumes; `dry_run` stops
+    after ingest with the teacher's estimate (requests, tokens, dollars) and spends nothing."""
     recipe = load_recipe(recipe_ref)[0] if isinstance(recipe_ref, str) else recipe_ref
-    importing = isinstance(recipe.teacher, ImportTeacherConfig)
-    if not recipe.sources and not importing:
+    needs_sources = isinstance(recipe.teacher, TeacherConfig | ChatTeacherConfig | BatchTeacherConfig)
+    if not recipe.sources and needs_sources:
         raise RecipeError(f"recipe {recipe.name!r}: field sources: list at least one input")
     target = workdir or recipe.workdir
     result: dict = {"recipe": recipe.name, "workdir": str(Path(target).resolve())}
@@ -177,14 +226,18 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         if recipe.sources:
             stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("ingest", stats)
-        if importing:
+        if isinstance(recipe.teacher, ImportTeacherConfig):
             stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("import", stats)
         else:
-            stats = _generate(wd, recipe.teacher, manifest.run_id, prog)
-            manifest.record_stage("generate", stats)
-        stats = build_candidates(wd)
-        manifest.record_stage("candidates", stats)
+            stats = _teach(wd, recipe.teacher, manifest, prog, dry_run)
+        result["teacher"] = stats
+        if dry_run:
+            return result
+        _after_teacher(wd, recipe.teacher, manifest, stats)
+        if stats.get("pending_batches"):
+            result["stages"] = manifest.data["stages"]
+            return result  # batches still running: curation waits for the whole corpus
         if recipe.filter is not None:
             result["curation"] = _curate(wd, recipe, manifest, prog, "report")
         if recipe.export:

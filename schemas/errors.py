@@ -37,3 +37,9 @@ class QueryError(UserError):
     """A SQL statement is refused or fails."""
 
     exit_code = 6
+
+
+class BudgetReached(UserError):
+    """The teacher stopped at `max_cost`; everything paid for is stored and a rerun with a larger cap goes on."""
+
+    exit_code = 7

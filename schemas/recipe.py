@@ -69,12 +69,101 @@ class ImportTeacherConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Only the first N rows, for trials.")
 
 
+class ModerationConfig(_Strict):
+    """The moderation endpoint over sources (before they reach the teacher) and/or teacher outputs."""
+
+    sources: bool = Field(False, description="Flagged sources are quarantined and never sent to the teacher.")
+    outputs: bool = Field(False, description="Candidates from flagged outputs are quarantined.")
+    model: str = "omni-moderation-latest"
+    batch_size: int = Field(32, ge=1, le=1000, description="Texts per moderation request.")
+
+
+class _OpenAIBase(_Strict):
+    """What every OpenAI-compatible teacher shares: server, model, prompt, sampling, prices, budget."""
+
+    model: str = Field(description="Model name the server knows, e.g. gpt-4o-mini (or a vLLM/llama.cpp/Ollama name).")
+    base_url: str | None = Field(
+        None, description="Server URL, e.g. http://127.0.0.1:8000/v1; empty = $OPENAI_BASE_URL, else api.openai.com.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key itself).")
+    prompt: str = Field("paraphrase-list", description="Prompt template: shipped name, NAME@VERSION, or a YAML path.")
+    n: int = Field(3, ge=1, le=64, description="Paraphrases wanted per source.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Method A used 0 with a list prompt.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1, le=65536, description="Sent as max_completion_tokens.")
+    seed: int | None = Field(None, description="Sent as `seed` when set (servers may ignore it).")
+    structured_output: Literal["auto", "on", "off"] = Field(
+        "auto", description="Ask for a JSON list via response_format json_schema; auto falls back to the list "
+        "parser when the server refuses it.")
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Price overrides, USD per 1M tokens: {MODEL: {input: X, output: Y}}.")
+    price_file: str | None = Field(None, description="YAML price table overriding the shipped one.")
+    max_cost: float | None = Field(None, gt=0, description="Stop cleanly (resumable) when this many USD are spent.")
+    moderation: ModerationConfig = Field(default_factory=ModerationConfig)
+    limit: int | None = Field(None, ge=1, description="Only the first N sources (by id), for trials.")
+
+
+class ChatTeacherConfig(_OpenAIBase):
+    """`kind: openai`: any OpenAI-compatible chat server, asked concurrently with retries and rate limits."""
+
+    kind: Literal["openai"]
+    sampling: Literal["n", "requests"] = Field(
+        "n", description="single-paraphrase prompts: one request with `n` choices, or n requests (llama.cpp "
+        "ignores `n`: use requests).")
+    concurrency: int = Field(64, ge=1, le=4096, description="Requests in flight at most.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(6, ge=0, le=100, description="Retries on 429, 5xx, timeouts and connection errors.")
+    backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles each retry, with full jitter.")
+    backoff_max_s: float = Field(60.0, gt=0)
+    rpm: int | None = Field(None, ge=1, description="Client-side cap on requests per minute.")
+    tpm: int | None = Field(None, ge=1, description="Client-side cap on (estimated) tokens per minute.")
+    retry_failed: bool = Field(True, description="A rerun sends requests that failed before once more.")
+
+
+class BatchTeacherConfig(_OpenAIBase):
+    """`kind: openai-batch`: the OpenAI Batch API (half price, results within the completion window)."""
+
+    kind: Literal["openai-batch"]
+    completion_window: str = "24h"
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000)
+    max_file_mb: float = Field(190.0, gt=0, le=200.0)
+    poll_s: float = Field(30.0, gt=0, description="Seconds between status polls.")
+    wait: bool = Field(True, description="Poll until every batch ends; false = submit (or collect) and return.")
+
+
+class ContextualTeacherConfig(_Strict):
+    """`kind: contextual` (method B): a plain causal LM samples contexts, then k next sentences per context."""
+
+    kind: Literal["contextual"]
+    model: str | None = Field(
+        None, description="Local path or Hub id of a causal LM used raw (no chat template); empty = SmolLM2.")
+    prefixes: list[str] = Field(
+        default_factory=lambda: ["New York (CNN) --", "LONDON (Reuters) -", "WASHINGTON (AP) --",
+                                 "SAN FRANCISCO (CNN) --", "PARIS (AFP) -", "TOKYO (Reuters) -"],
+        min_length=1, description="News-style prefixes contexts start from (used in turn).")
+    contexts: int = Field(8, ge=1, description="Contexts to sample.")
+    context_sentences: tuple[int, int] = Field((1, 5), description="Sentences kept per context: min, max.")
+    context_max_new_tokens: int = Field(96, ge=8, le=1024)
+    context_temperature: float = Field(1.0, gt=0.0, le=5.0)
+    context_top_p: float = Field(0.9, gt=0.0, le=1.0)
+    k: int = Field(16, ge=2, le=1000, description="Continuations sampled per context (paper: 100).")
+    temperature: float = Field(0.5, gt=0.0, le=5.0, description="Continuations (paper 0.7, released code 0.5).")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    no_repeat_ngram_size: int = Field(3, ge=0)
+    max_new_tokens: int = Field(40, ge=4, le=512)
+    batch_size: int = Field(16, ge=1, le=1024)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    seed: int = 0
+
+
 def _teacher_kind(v: object) -> str:
     return (v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)) or "local"
 
 
 Teacher = Annotated[
-    Annotated[TeacherConfig, Tag("local")] | Annotated[ImportTeacherConfig, Tag("import")],
+    Annotated[TeacherConfig, Tag("local")] | Annotated[ImportTeacherConfig, Tag("import")]
+    | Annotated[ChatTeacherConfig, Tag("openai")] | Annotated[BatchTeacherConfig, Tag("openai-batch")]
+    | Annotated[ContextualTeacherConfig, Tag("contextual")],
     Discriminator(_teacher_kind),
 ]
 

@@ -81,6 +81,44 @@ GENERATIONS = {
     "finish_reason": pl.String,  # "stop" | "length"
     "latency_s": pl.Float64,  # wall time of the batch the request ran in
     "run_id": pl.String,
+    "cost_usd": pl.Float64,  # from the response's usage and the price table; null when the price is unknown
+    "attempts": pl.Int64,  # HTTP attempts it took (1 = no retry); 1 for local teachers
+    "batch_id": pl.String,  # OpenAI Batch API batch the response came from (null otherwise)
+    "refusal": pl.String,  # the model's refusal message, when it refused
+}
+
+REQUEST_FAILURES = {  # teacher requests that ended without a response after every retry (never billed twice)
+    "request_id": pl.String,
+    "source_id": pl.String,
+    "teacher_kind": pl.String,
+    "model": pl.String,
+    "error": pl.String,  # one line: exception type / HTTP status and message
+    "status_code": pl.Int64,
+    "attempts": pl.Int64,
+    "batch_id": pl.String,
+    "run_id": pl.String,
+    "at": pl.Int64,  # time.time_ns()
+}
+
+BATCHES = {  # one row per OpenAI batch state seen; the newest row per batch_id is its state
+    "batch_id": pl.String,
+    "shard_key": pl.String,  # hash of the request ids in the input file: the same shard is never submitted twice
+    "input_file_id": pl.String,
+    "n_requests": pl.Int64,
+    "bytes": pl.Int64,
+    "status": pl.String,  # validating | in_progress | finalizing | completed | failed | expired | cancelled | collected
+    "output_file_id": pl.String,
+    "error_file_id": pl.String,
+    "run_id": pl.String,
+    "at": pl.Int64,
+}
+
+MODERATION = {  # one moderation verdict per (text, moderation model)
+    "text_id": pl.String,
+    "model": pl.String,
+    "flagged": pl.Boolean,
+    "categories": pl.List(pl.String),  # the flagged category names
+    "role": pl.String,  # "source" | "output"
 }
 
 CANDIDATES = {
@@ -92,6 +130,7 @@ CANDIDATES = {
     "item_index": pl.Int64,
     "is_source_copy": pl.Boolean,  # the paraphrase equals the source after normalisation
     "is_repeat": pl.Boolean,  # this pair already came from an earlier request/item
+    "context_id": pl.String,  # contextual teacher: the context both sentences continue (null otherwise)
 }
 
 EMBEDDINGS = {  # one row per (unique text, embedding model + settings): computed once per workdir
@@ -171,6 +210,9 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "quarantine": QUARANTINE,
     "source_duplicates": SOURCE_DUPLICATES,
     "generations": GENERATIONS,
+    "request_failures": REQUEST_FAILURES,
+    "batches": BATCHES,
+    "moderation": MODERATION,
     "candidates": CANDIDATES,
     "embeddings": EMBEDDINGS,
     "analyses": ANALYSES,

@@ -24,7 +24,8 @@ def _fake_generations(wd: Workdir, n_sources: int) -> None:
                      "n_requested": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "dtype": "float32",
                      "seed": 0, "params_json": "{}", "raw_output": "...", "items": [f"Rewritten {i}.", text],
                      "parse_error": None, "prompt_tokens": 3, "completion_tokens": 4, "finish_reason": "stop",
-                     "latency_s": 0.1, "run_id": "t"})
+                     "latency_s": 0.1, "run_id": "t", "cost_usd": None, "attempts": 1,
+                     "batch_id": None, "refusal": None})
     wd.append("generations", pl.DataFrame(rows, schema_overrides={"items": pl.List(pl.String)}))
 
 

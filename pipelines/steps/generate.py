@@ -87,7 +87,8 @@ def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None) -> dic
                          "sample_index": req["sample_index"], "raw_output": c.raw_output, "items": items,
                          "parse_error": err, "prompt_tokens": c.prompt_tokens,
                          "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
-                         "latency_s": round(latency, 4)})
+                         "latency_s": round(latency, 4),
+                         "cost_usd": None, "attempts": 1, "batch_id": None, "refusal": None})
             stats["parse_errors"] += err is not None
             stats["prompt_tokens"] += c.prompt_tokens
             stats["completion_tokens"] += c.completion_tokens

@@ -11,8 +11,10 @@ from pipelines.store import Workdir
 
 
 def unique_pairs(wd: Workdir) -> pl.DataFrame:
-    """One row per pair id (repeats left out), with source text, sorted by pair_id."""
-    cands = wd.scan("candidates").filter(~pl.col("is_repeat"))
+    """One row per pair id (repeats and moderation-flagged paraphrases left out), with source text, by pair_id."""
+    flagged = wd.scan("moderation").filter(pl.col("flagged") & (pl.col("role") == "output")).select(
+        pl.col("text_id").alias("candidate_id"))
+    cands = wd.scan("candidates").filter(~pl.col("is_repeat")).join(flagged, on="candidate_id", how="anti")
     src = wd.scan("sources").select("source_id", pl.col("text").alias("source"))
     return (cands.join(src, on="source_id")
             .select("pair_id", "source_id", "candidate_id", "source", "paraphrase", "is_source_copy", "request_id")
