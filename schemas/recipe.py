@@ -155,6 +155,13 @@ class ContextualTeacherConfig(_Strict):
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     seed: int = 0
 
+    @field_validator("context_sentences")
+    @classmethod
+    def _sentence_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError("give [min, max] with 1 <= min <= max")
+        return v
+
 
 def _teacher_kind(v: object) -> str:
     return (v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)) or "local"

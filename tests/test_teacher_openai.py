@@ -245,7 +245,7 @@ def test_wrong_api_key_is_one_line(tmp_path):
     with FakeOpenAI(api_key="sk-other") as srv:
         recipe = _recipe(tmp_path, srv, "auth", 5, "n: 2")
         proc = cli("run", str(recipe))
-    assert proc.returncode == 1 and "rejected the API key" in error_line(proc)
+    assert proc.returncode == 4 and "rejected the API key" in error_line(proc)
     assert "Traceback" not in proc.stderr
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from schemas.errors import RecipeError, UserError
+from schemas.errors import RecipeError
 
 OPENAI_URL = "https://api.openai.com/v1"
 JSON_LIST_FORMAT = {
@@ -32,10 +32,8 @@ JSON_LIST_FORMAT = {
 RETRYABLE_STATUS = {408, 409, 429}
 
 
-class AuthFailed(UserError):
-    """The server rejected the key: every request would fail the same way, so the run stops."""
-
-    exit_code = 1
+class AuthFailed(RecipeError):
+    """The server rejected the key: every request would fail the same way, so the run stops (exit 4)."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ def build_candidates(wd: Workdir) -> dict:
     t0 = time.perf_counter()
     seen_requests = wd.scan("candidates").select("request_id").unique().collect().get_column("request_id")
     gens = (wd.scan("generations").filter(~pl.col("request_id").is_in(seen_requests.implode()))
+            .filter(pl.col("teacher_kind") != "contextual")  # the contextual step writes its own pairs
             .select("request_id", "source_id", "items").collect())
     known_pairs = set(wd.scan("candidates").select("pair_id").collect().get_column("pair_id"))
     pairs = pairs_from_generations(gens, known_pairs)

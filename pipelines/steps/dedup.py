@@ -42,27 +42,36 @@ def _pair_vectors(wd: Workdir, mid: str, pairs: pl.DataFrame) -> tuple[np.ndarra
 
 def _nli_edges(wd: Workdir, cfg: DedupConfig, nli_cfg: NLIConfig, rest: pl.DataFrame, vecs: np.ndarray,
                progress) -> list[tuple[int, int, float]]:
-    """Paraphrase pairs of one source whose texts entail each other (both ways >= threshold)."""
-    cand = []
-    groups = rest.get_column("source_id").to_list()
+    """Pairs of one group whose targets entail each other (both ways >= threshold); in a context (method B) also
+    pairs whose sources do (the same source counts as entailing itself)."""
+    groups = rest.get_column("group_id").to_list()
+    contextual = rest.get_column("group_id") != rest.get_column("source_id")
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
+    tgt, src, same = [], [], []
+    src_ids = rest.get_column("source_id").to_list()
     for members in by_group.values():
         for a_pos, a in enumerate(members):
             for b in members[a_pos + 1:]:
                 if float(vecs[a] @ vecs[b]) >= cfg.nli_min_cosine:
-                    cand.append((a, b))
-    if not cand:
-        return []
-    ids, texts = rest.get_column("candidate_id").to_list(), rest.get_column("paraphrase").to_list()
-    a_idx, b_idx = [a for a, _ in cand], [b for _, b in cand]
-    frame = pl.DataFrame({
-        "premise_id": [ids[i] for i in a_idx + b_idx], "premise": [texts[i] for i in a_idx + b_idx],
-        "hypothesis_id": [ids[i] for i in b_idx + a_idx], "hypothesis": [texts[i] for i in b_idx + a_idx]})
-    probs = nli_step.entailment(wd, nli_cfg, frame, progress, label="nli graph")
-    mutual = np.minimum(probs[: len(cand)], probs[len(cand):])
-    return [(a, b, float(m)) for (a, b), m in zip(cand, mutual, strict=True) if m >= cfg.nli_threshold]
+                    tgt.append((a, b))
+                if contextual[a]:
+                    (same if src_ids[a] == src_ids[b] else src).append((a, b))
+    edges = [(a, b, 1.0) for a, b in same]
+    for side, cand in (("candidate_id", tgt), ("source_id", src)):
+        if not cand:
+            continue
+        text_col = "paraphrase" if side == "candidate_id" else "source"
+        ids, texts = rest.get_column(side).to_list(), rest.get_column(text_col).to_list()
+        a_idx, b_idx = [a for a, _ in cand], [b for _, b in cand]
+        frame = pl.DataFrame({
+            "premise_id": [ids[i] for i in a_idx + b_idx], "premise": [texts[i] for i in a_idx + b_idx],
+            "hypothesis_id": [ids[i] for i in b_idx + a_idx], "hypothesis": [texts[i] for i in b_idx + a_idx]})
+        probs = nli_step.entailment(wd, nli_cfg, frame, progress, label="nli graph")
+        mutual = np.minimum(probs[: len(cand)], probs[len(cand):])
+        edges += [(a, b, float(m)) for (a, b), m in zip(cand, mutual, strict=True) if m >= cfg.nli_threshold]
+    return edges
 
 
 def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,

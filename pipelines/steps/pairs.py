@@ -11,13 +11,16 @@ from pipelines.store import Workdir
 
 
 def unique_pairs(wd: Workdir) -> pl.DataFrame:
-    """One row per pair id (repeats and moderation-flagged paraphrases left out), with source text, by pair_id."""
+    """One row per pair id (repeats and moderation-flagged paraphrases left out), with source text, by pair_id.
+
+    `group_id` is the context of a contextual pair (method B dedups inside a context), else the source."""
     flagged = wd.scan("moderation").filter(pl.col("flagged") & (pl.col("role") == "output")).select(
         pl.col("text_id").alias("candidate_id"))
     cands = wd.scan("candidates").filter(~pl.col("is_repeat")).join(flagged, on="candidate_id", how="anti")
     src = wd.scan("sources").select("source_id", pl.col("text").alias("source"))
     return (cands.join(src, on="source_id")
-            .select("pair_id", "source_id", "candidate_id", "source", "paraphrase", "is_source_copy", "request_id")
+            .select("pair_id", "source_id", "candidate_id", "source", "paraphrase", "is_source_copy", "request_id",
+                    pl.coalesce("context_id", "source_id").alias("group_id"))
             .unique("pair_id", keep="first").sort("pair_id").collect())
 
 
