@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.paradistill-installed
 
-.PHONY: demo test bench lint schema clean
+.PHONY: demo test bench bench-teacher lint schema clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "paradistill needs Python >= 3.11; run make PYTHON=python3.11")'
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/curation.py
+
+bench-teacher: $(STAMP)
+	$(BIN)/python bench/teacher.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
