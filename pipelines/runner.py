@@ -79,6 +79,9 @@ def ingest(paths: list[str], workdir: str | Path, text_column: str = "text", spl
 
 def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False) -> dict:
     """Run the configured teacher (local, import, openai, openai-batch, contextual); resumable, never pays twice."""
+    if dry_run and not isinstance(cfg, ChatTeacherConfig | BatchTeacherConfig):
+        raise RecipeError(f"--dry-run estimates what an API teacher costs (teacher.kind openai or openai-batch); "
+                          f"teacher.kind {cfg.kind} runs on this machine and costs nothing")
     if isinstance(cfg, ImportTeacherConfig):
         stats = import_pairs(wd, cfg, IngestConfig().max_chars, manifest, prog)
         manifest.record_stage("import", stats)
@@ -226,7 +229,7 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         if recipe.sources:
             stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("ingest", stats)
-        if isinstance(recipe.teacher, ImportTeacherConfig):
+        if isinstance(recipe.teacher, ImportTeacherConfig) and not dry_run:
             stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("import", stats)
         else:

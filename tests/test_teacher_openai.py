@@ -322,3 +322,11 @@ def test_moderation_quarantines_flagged_sources_and_outputs(tmp_path):
     mod = pl.read_parquet(wd / "tables/moderation/*.parquet")
     assert mod.filter(pl.col("role") == "source").height == 10
     assert mod.filter(pl.col("role") == "output").height > 0
+
+
+def test_dry_run_with_a_local_teacher_is_one_line_and_runs_nothing(tmp_path):
+    (tmp_path / "s.txt").write_text("One sentence here.\n")
+    (tmp_path / "r.yaml").write_text(f"name: r\nworkdir: {tmp_path / 'wd'}\nsources: [s.txt]\n")
+    proc = cli("run", str(tmp_path / "r.yaml"), "--dry-run")
+    assert proc.returncode == 4 and "--dry-run estimates what an API teacher costs" in error_line(proc)
+    assert not list((tmp_path / "wd/tables/generations").glob("part-1*.parquet"))
