@@ -7,6 +7,7 @@ again by its metadata. Results are written with the batch id as shard key: colle
 
 from __future__ import annotations
 
+import json
 import time
 
 import polars as pl
@@ -16,6 +17,8 @@ from curation.teachers.openai_chat import ChatRequest, ChatResult, request_body,
 from pipelines.steps.chat import base_columns, estimate, failure_row, generation_row, prepare, spent_usd
 from pipelines.store import Workdir, atomic_write_bytes
 from schemas.recipe import BatchTeacherConfig
+
+ENDED = ["collected", "failed", "expired", "cancelled"]  # our batches table: nothing more will come of these
 
 
 def batch_states(wd: Workdir) -> pl.DataFrame:
@@ -32,8 +35,6 @@ def _record(wd: Workdir, b: dict, shard_key: str, n: int, size: int, run_id: str
 
 def _shard_requests(wd: Workdir, key: str, by_id: dict[str, ChatRequest]) -> dict[str, ChatRequest]:
     """The planned requests of a submitted shard, read back from its local JSONL file."""
-    import json
-
     path = wd.root / "batches" / f"{key}.jsonl"
     ids = [json.loads(line)["custom_id"] for line in path.read_text().splitlines() if line.strip()]
     return {i: by_id[i] for i in ids if i in by_id}
@@ -46,7 +47,7 @@ def generate_batch(wd: Workdir, cfg: BatchTeacherConfig, run_id: str, progress=N
     template, sources, reqs, done, _failed, price = prepare(wd, cfg, "openai-batch", moderated)
     by_id = {r.request_id: r for r in reqs}
     states = batch_states(wd)
-    live = states.filter(~pl.col("status").is_in(["collected", "failed", "expired", "cancelled"]))
+    live = states.filter(~pl.col("status").is_in(ENDED))
     in_flight: set[str] = set()
     for key in live.get_column("shard_key"):
         in_flight |= set(_shard_requests(wd, key, by_id))
@@ -94,7 +95,7 @@ def _collect(wd: Workdir, cfg: BatchTeacherConfig, client: BatchClient, by_id: d
     out = {"generated": 0, "failed": 0, "cost_usd": 0.0, "batches_collected": 0, "pending_batches": 0}
     task = None
     while True:
-        live = batch_states(wd).filter(~pl.col("status").is_in(["collected", "failed", "expired", "cancelled"]))
+        live = batch_states(wd).filter(~pl.col("status").is_in(ENDED))
         if task is None and progress and live.height:
             task = progress.add_task("batches", total=live.height, unit="batch")
         still = 0
