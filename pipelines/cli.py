@@ -1,7 +1,8 @@
 """`paradistill` command line: one thin Typer verb per stage over the functions in `pipelines.runner`.
 
 Exit codes: 0 ok, 2 bad usage, 3 input error, 4 recipe error, 5 workdir state, 6 SQL refused or failed,
-130 interrupted (rerun resumes), 1 an unexpected internal error.
+7 teacher budget reached, 8 the Hub refused or failed, 130 interrupted (rerun resumes), 1 an unexpected
+internal error.
 """
 
 from __future__ import annotations
@@ -367,6 +368,130 @@ def run(
     out.print("[bold]try SQL[/bold]")
     out.print(f"  paradistill sql -w {res['workdir']} \"SELECT rule, pairs_in, dropped, pairs_out FROM funnel "
               "ORDER BY step\"")
+    if "train" in res:
+        _print_training(res["train"])
+    if "evaluate" in res:
+        _print_evaluation(res["evaluate"])
+
+
+def _options(model, given: dict, origin: str):
+    """A config model from the CLI options the user gave (unset ones keep the model's defaults)."""
+    from pipelines.recipes_io import validated
+
+    return validated(model, {k: v for k, v in given.items() if v is not None}, origin)
+
+
+@app.command()
+def publish(
+    export_dir: Annotated[Path, typer.Argument(help="An export folder: WORKDIR/exports/NAME/VERSION.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo OWNER/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    version: Annotated[str | None, typer.Option(help="Tag to create; default: the export's version.")] = None,
+) -> None:
+    """Upload an export to the Hugging Face Hub as one commit tagged with its version (never re-tagged).
+
+    The token comes from HF_TOKEN or your `hf auth login`; HF_ENDPOINT selects another Hub.
+    Example: paradistill publish work/demo/exports/demo-paraphrases/0.1.0 --repo-id me/demo-paraphrases
+    """
+    from pipelines.publish import publish as run_publish
+
+    res = run_publish(export_dir, repo_id, private, version)
+    out.print(f"published {repo_id} version {res['version']} (commit {res['commit'][:12]}): {res['url']}")
+    out.print(f"  datasets.load_dataset({repo_id!r}, revision={res['version']!r})")
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option("--dataset", help="Export folder or Hub dataset id.")],
+    model: Annotated[str | None, typer.Option(help="Base model path or Hub id (default: embedded SmolLM2-135M).")
+                     ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (a version tag) of the dataset.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Adapter folder (default: "
+                                                "students/NAME-VERSION).")] = None,
+    arch: Annotated[str | None, typer.Option(help="auto | causal | seq2seq.")] = None,
+    template: Annotated[str | None, typer.Option(help="Prompt with {text}.")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA r (8).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (16).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="LoRA dropout (0.05).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated module names (default: peft's).")
+                              ] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate (2e-4).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (1).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (8).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per example (128).")] = None,
+    targets: Annotated[str | None, typer.Option(help="rotate (a different pseudo-target per epoch) | all.")
+                       ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validation loss every N steps (20).")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (20).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (0).")] = None,
+) -> None:
+    """Train a LoRA student on an exported dataset; rerun the same command to resume from its last checkpoint.
+
+    Example: paradistill train --dataset work/demo/exports/demo-paraphrases/0.1.0 --steps 40 -o students/demo
+    """
+    from pipelines import student
+    from schemas.recipe import TrainConfig
+
+    given = {"model": model, "arch": arch, "template": template, "rank": rank, "alpha": alpha, "dropout": dropout,
+             "target_modules": target_modules.split(",") if target_modules else None, "learning_rate": learning_rate,
+             "epochs": epochs, "max_steps": steps, "batch_size": batch_size, "max_length": max_length,
+             "targets": targets, "eval_every": eval_every, "save_every": save_every, "seed": seed}
+    cfg = _options(TrainConfig, given, "paradistill train")
+    _print_training(student.train(dataset, cfg, output, revision))
+
+
+def _print_training(res: dict) -> None:
+    losses = res["losses"]
+    state = ("already trained; nothing to do" if res.get("skipped")
+             else f"{res['steps']} steps in {res['seconds']:.0f} s")
+    out.print(f"[bold]student[/bold] {res['output']} ({state})")
+    if losses.get("val_step0") is not None:
+        out.print(f"  validation loss {losses['val_step0']:.4f} at step 0 -> {losses['val_final']:.4f}")
+    out.print(f"  paradistill evaluate --adapter {res['output']}")
+
+
+@app.command()
+def evaluate(
+    adapter: Annotated[Path, typer.Option("--adapter", help="Adapter folder written by `paradistill train`.")],
+    dataset: Annotated[str | None, typer.Option(help="Export folder or Hub id (default: the training dataset).")
+                       ] = None,
+    split: Annotated[str | None, typer.Option(help="Split to evaluate on (test).")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision of the dataset.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N sources.")] = None,
+    num_beams: Annotated[int | None, typer.Option(help="Beams (4).")] = None,
+    do_sample: Annotated[bool | None, typer.Option("--sample/--no-sample", help="Sample instead of beam search.")
+                         ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (1.0).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Sampling top-p (1.0).")] = None,
+    num_return: Annotated[int | None, typer.Option(help="Outputs per source (2; >= 2 gives self-BLEU).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Max new tokens (64).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="iBLEU alpha (0.8).")] = None,
+) -> None:
+    """Generate with the student and print a teacher-vs-student table of the curation scorers (also as JSON).
+
+    Example: paradistill evaluate --adapter students/demo --split test
+    """
+    from pipelines import student
+    from schemas.recipe import EvaluateConfig
+
+    given = {"split": split, "limit": limit, "num_beams": num_beams, "do_sample": do_sample,
+             "temperature": temperature, "top_p": top_p, "num_return_sequences": num_return,
+             "max_new_tokens": max_new_tokens, "alpha": alpha}
+    cfg = _options(EvaluateConfig, given, "paradistill evaluate")
+    _print_evaluation(student.evaluate(adapter, dataset, cfg, revision))
+
+
+def _print_evaluation(res: dict) -> None:
+    from training.evaluate import table_rows
+
+    table = Table(title=f"{res['split']} split: {res['sources']} sources, {res['teacher_pairs']} teacher pairs")
+    for col in ("metric", "teacher (dataset)", "student", "student - teacher"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in table_rows(res["metrics"]):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"written to {res['path']}")
 
 
 def main() -> None:

