@@ -38,6 +38,12 @@ class PromptTemplate:
         return msgs
 
 
+def student_template(template: str) -> PromptTemplate:
+    """A trained student's own prompt (one rewrite per request), as a template for the local teacher."""
+    return PromptTemplate(name="student", version="1", mode="single", system="", user=template,
+                          digest=hashlib.sha256(template.encode()).hexdigest()[:8])
+
+
 def available() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in PROMPTS_DIR.glob("*.v*.yaml"))
 

