@@ -53,7 +53,6 @@ GET commits/{rev}, GET tree/{rev}[/{path}], POST paths-info/{rev}, PUT settings;
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -77,6 +76,11 @@ from urllib.parse import quote, unquote, urlencode
 
 import yaml
 from aiohttp import web
+
+try:
+    from tests.loopback import LoopbackServer
+except ImportError:  # run as a script: python tests/X.py
+    from loopback import LoopbackServer
 
 # ---------------------------------------------------------------------------------------------------------------
 # constants
@@ -327,7 +331,7 @@ class _Upload:
 # the server
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """A Hugging Face Hub emulator on 127.0.0.1 in a background thread (see the module docstring).
 
     Args:
@@ -344,6 +348,7 @@ class FakeHub:
     def __init__(self, *, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER, lfs_threshold: int = LFS_THRESHOLD,
                  multipart_chunk_size: int | None = None, tree_page_size: int = TREE_PAGE_SIZE,
                  host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.token, self.user = token, user
         self.lfs_threshold = int(lfs_threshold)
         self.multipart_chunk_size = multipart_chunk_size
@@ -360,11 +365,7 @@ class FakeHub:
         self._seq = 0
         self._routes = [(frozenset(methods.split()), re.compile(rx), fam, getattr(self, name))
                         for methods, rx, fam, name in _ROUTES]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     @property
@@ -373,57 +374,6 @@ class FakeHub:
         if not self.port:
             raise RuntimeError("FakeHub is not started")
         return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FakeHub:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="FakeHub", daemon=True)
-        self._thread.start()
-        self._started.wait(30)
-        if self._start_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise RuntimeError(f"FakeHub failed to start: {self._start_error}") from self._start_error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._start_error = e
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            with contextlib.suppress(Exception):
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)

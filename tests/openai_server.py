@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
@@ -38,6 +37,11 @@ from typing import Any
 
 import quicktok
 from aiohttp import web
+
+try:
+    from tests.loopback import LoopbackServer
+except ImportError:  # run as a script: python tests/X.py
+    from loopback import LoopbackServer
 
 # ---------------------------------------------------------------------------------------------------------------
 # constants
@@ -535,7 +539,7 @@ def _error_response(err: ApiError) -> web.Response:
     return _json_response(err.body(), err.status, err.headers)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """An OpenAI-compatible server on 127.0.0.1 in a background thread (see the module docstring).
 
     Args:
@@ -556,6 +560,7 @@ class FakeOpenAI:
                  rate_limit: dict | None = None, batch_delay_s: float = 0.0,
                  flagged_words: Iterable[str] = ("kill", "hate"), structured_output: bool = True,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.latency_s = float(latency_s)
         self.seed = seed
         self._rng = random.Random(seed)
@@ -577,11 +582,7 @@ class FakeOpenAI:
         self.batches: dict[str, dict] = {}  # id -> Batch object
         self._batch_order: list[str] = []
         self._batch_tasks: dict[str, asyncio.Task] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     @property
@@ -599,57 +600,6 @@ class FakeOpenAI:
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"fault {name!r}: probability {p} is not in [0, 1]")
         self._faults = {k: float(v) for k, v in faults.items()}
-
-    def start(self) -> FakeOpenAI:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="FakeOpenAI", daemon=True)
-        self._thread.start()
-        self._started.wait(30)
-        if self._start_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise RuntimeError(f"FakeOpenAI failed to start: {self._start_error}") from self._start_error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._start_error = e
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            with contextlib.suppress(Exception):
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_UPLOAD_BYTES)
