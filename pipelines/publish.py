@@ -44,10 +44,12 @@ def _retry_after(e: BaseException) -> float | None:
 
 
 def _transient(e: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(e, HfHubHTTPError):
         return _status(e) in RETRY_STATUS
+    if isinstance(e, OfflineModeIsEnabled):
+        return False
     return isinstance(e, ConnectionError | TimeoutError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2") \
         and any(k in type(e).__name__ for k in ("Connect", "Timeout", "ReadError", "RemoteProtocol", "WriteError"))
 
@@ -89,14 +91,18 @@ def _token(token: str | None) -> str:
 
 
 def _explain(e: BaseException, repo_id: str) -> HubError:
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if isinstance(e, OfflineModeIsEnabled):
+        return HubError(f"{repo_id}: HF_HUB_OFFLINE is set; unset it to publish")
     status = _status(e)
     if status == 401 or status == 403:
         return HubError(f"{repo_id}: the Hub refused the token ({status}); check HF_TOKEN has write access")
     if isinstance(e, HfHubHTTPError):
         return HubError(f"{repo_id}: the Hub answered {status}: {first_line(e)}")
-    return HubError(f"{repo_id}: cannot reach the Hub ({first_line(e)}); check the network or HF_ENDPOINT")
+    if _transient(e):
+        return HubError(f"{repo_id}: cannot reach the Hub ({first_line(e)}); check the network or HF_ENDPOINT")
+    return HubError(f"{repo_id}: publishing failed: {type(e).__name__}: {first_line(e)}")
 
 
 def publish(export_dir: str | Path, repo_id: str, private: bool = False, version: str | None = None,
@@ -111,8 +117,11 @@ def publish(export_dir: str | Path, repo_id: str, private: bool = False, version
     api = HfApi(token=_token(token))
     title = f"paradistill: {name} {version}"
     try:
-        with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
+        with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True),
                      "create repo")
+        if private and not with_retries(lambda: api.dataset_info(repo_id), "repo info").private:
+            raise StateError(f"{repo_id}: the repo exists and is public; --private does not change that (make it "
+                             "private in its settings, or publish to another repo)")
         refs = with_retries(lambda: api.list_repo_refs(repo_id, repo_type="dataset"), "list refs")
         if any(t.name == version for t in refs.tags):
             raise StateError(f"{repo_id}: version {version} is already published (tag {version} exists) and is "
@@ -130,29 +139,39 @@ def publish(export_dir: str | Path, repo_id: str, private: bool = False, version
 
 
 def _commit(api, repo_id: str, folder: Path, title: str, head: str | None) -> str:
-    """upload_folder with retries; a retry that finds our commit already on main takes it instead."""
+    """upload_folder with retries. When a failed attempt finds our commit on main (its answer was lost, or a
+    multi-part upload stopped half way), the next attempt uploads on top of it: a no-op when it was complete."""
+    state = {"head": head}
+
     def attempt() -> str:
         try:
             info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
-                                     commit_message=title, parent_commit=head, delete_patterns=["data/*"])
+                                     commit_message=title, parent_commit=state["head"], delete_patterns=["data/*"])
             return info.oid
         except Exception as e:
             if _status(e) == 412 or _transient(e):
-                landed = _landed(api, repo_id, title, head)
+                landed = _landed(api, repo_id, title, state["head"])
                 if landed:
-                    return landed
+                    state["head"] = landed
+                    raise _Again from e
+            if _status(e) == 412:
+                raise HubError(f"{repo_id}: main moved while uploading (someone else pushed); publish again") from None
             raise
 
     return with_retries(attempt, "upload")
 
 
+class _Again(ConnectionError):
+    """Our commit is on main: upload again on top of it (always retried)."""
+
+
 def _landed(api, repo_id: str, title: str, head: str | None) -> str | None:
-    """The commit on main whose title is ours and whose parent was `head`, if an earlier attempt made it."""
+    """The newest commit on main if an earlier attempt made it (our title, or a "(part N)" of it), else None."""
     try:
         commits = api.list_repo_commits(repo_id, repo_type="dataset")
     except Exception:  # noqa: BLE001 - not knowing means: retry the upload
         return None
-    if commits and commits[0].title == title and (head is None or any(c.commit_id == head for c in commits[1:2])):
+    if commits and commits[0].title.startswith(title) and commits[0].commit_id != head:
         return commits[0].commit_id
     return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -15,9 +16,25 @@ import polars as pl
 
 from curation.teachers.local import resolve_model
 from pipelines.progress import make_progress
-from schemas.errors import StateError
+from schemas.errors import InputError, StateError, first_line
 from schemas.recipe import EvaluateConfig, TrainConfig
-from schemas.student import VERSION_RE, read_student, resolve_adapter
+from schemas.student import read_student
+
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def resolve_adapter(ref: str | Path) -> Path:
+    """An adapter folder (holding student.json), or a folder of versioned ones (`X.Y.Z/`): the newest finished."""
+    path = Path(ref)
+    if read_student(path) is not None:
+        return path.resolve()
+    if path.is_dir():
+        versions = sorted((tuple(map(int, p.name.split("."))), p) for p in path.iterdir()
+                          if VERSION_RE.match(p.name) and read_student(p) is not None)
+        if versions:
+            return versions[-1][1].resolve()
+    raise InputError(f"{ref}: no trained student here (no student.json); train one with `paradistill train` or "
+                     "point at its output folder")
 
 
 def default_output(dataset: str, version: str | None) -> Path:
@@ -41,7 +58,8 @@ def train(dataset: str, config: TrainConfig | None = None, output: str | Path | 
     token = os.environ.get("HF_TOKEN") or None
     frames, ref = load_splits(dataset, ["train", "validation"], revision, token, optional=("validation",))
     out = Path(output) if output else default_output(dataset, ref.version)
-    base_model, loadable = resolve_model(cfg.model)
+    base_ref = str(Path(cfg.model).resolve()) if cfg.model and Path(cfg.model).exists() else cfg.model
+    base_model, loadable = resolve_model(base_ref)
     own = progress is True
     bar = make_progress() if own else (progress or None)
     task = bar.add_task("train", total=None, unit="steps") if bar else None
@@ -53,7 +71,7 @@ def train(dataset: str, config: TrainConfig | None = None, output: str | Path | 
     if own:
         bar.start()
     try:
-        result = train_student(loadable, base_model, cfg.model, frames, ref, cfg, out, on_step)
+        result = train_student(loadable, base_model, base_ref, frames, ref, cfg, out, on_step)
     finally:
         if own:
             bar.stop()
@@ -73,7 +91,8 @@ def evaluate(adapter: str | Path, dataset: str | None = None, config: EvaluateCo
     folder = resolve_adapter(adapter)
     fmt = read_student(folder)
     dataset = dataset or fmt.dataset
-    revision = revision if revision is not None else (fmt.dataset_revision if dataset == fmt.dataset else None)
+    if revision is None and dataset == fmt.dataset:  # the very commit it was trained on, when known
+        revision = fmt.options.get("dataset_commit") or fmt.dataset_revision
     frames, ref = load_splits(dataset, [cfg.split], revision, os.environ.get("HF_TOKEN") or None)
     split = frames[cfg.split].sort("source_id", "paraphrase")
     if cfg.limit:
@@ -83,7 +102,11 @@ def evaluate(adapter: str | Path, dataset: str | None = None, config: EvaluateCo
         raise StateError(f"{dataset}: split {cfg.split} has no pairs to evaluate on")
     sources = split.group_by("source_id").agg(pl.col("source").first()).sort("source_id")["source"].to_list()
     _, loadable = resolve_model(fmt.base_model_ref)
-    model, tok = load_student(loadable, str(folder), fmt)
+    try:
+        model, tok = load_student(loadable, str(folder), fmt)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{folder}: cannot load the student on {fmt.base_model_ref or fmt.base_model} "
+                         f"({first_line(e)})") from None
     t1 = time.perf_counter()
     outputs = decode(model, tok, fmt, sources, cfg)
     decode_s = time.perf_counter() - t1

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -353,6 +354,19 @@ class TrainConfig(_Strict):
     seed: int = 0
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Autocast dtype: auto = bfloat16 (CPU and bf16-capable GPUs), else float32.")
+
+    @field_validator("template")
+    @classmethod
+    def _one_placeholder(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"{e}; write literal braces as {{{{ and }}}}") from None
+        if fields != {"text"}:
+            raise ValueError(f"must use the one placeholder {{text}}, not {sorted(fields)}")
+        return v
 
 
 class EvaluateConfig(_Strict):

@@ -8,17 +8,15 @@ so they prompt the student exactly as it was trained.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from schemas.errors import InputError
+from schemas.errors import InputError, first_line
 from schemas.recipe import _Strict
 
 STUDENT_FILE = "student.json"
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 class StudentFormat(_Strict):
@@ -42,18 +40,7 @@ def read_student(folder: str | Path) -> StudentFormat | None:
     path = Path(folder) / STUDENT_FILE
     if not path.is_file():
         return None
-    return StudentFormat.model_validate(json.loads(path.read_text(encoding="utf-8")))
-
-
-def resolve_adapter(ref: str | Path) -> Path:
-    """An adapter folder (holding student.json), or a folder of versioned ones (`X.Y.Z/`): the newest finished."""
-    path = Path(ref)
-    if read_student(path) is not None:
-        return path.resolve()
-    if path.is_dir():
-        versions = sorted((tuple(map(int, p.name.split("."))), p) for p in path.iterdir()
-                          if VERSION_RE.match(p.name) and read_student(p) is not None)
-        if versions:
-            return versions[-1][1].resolve()
-    raise InputError(f"{ref}: no trained student here (no student.json); train one with `paradistill train` or "
-                     "point at its output folder")
+    try:
+        return StudentFormat.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path}: unreadable student format ({first_line(e)}); retrain into a fresh folder") from None

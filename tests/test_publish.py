@@ -101,6 +101,10 @@ def test_publish_retries_429_and_5xx(hub, tmp_path):
     assert hub.statuses("commit") == [503, 429, 200] and hub.statuses("tag") == [500, 200]
     repo = hub.repo("me/flaky")
     assert repo.tags["1.0.0"] == repo.branches["main"] and len(repo.commits) == 2  # initial + ours, once
+    # --private never publishes into an existing public repo
+    v2 = _export(tmp_path, "1.0.1")
+    proc = _publish(hub, home, str(v2), "--repo-id", "me/flaky", "--private")
+    assert proc.returncode == 5 and "is public" in error_line(proc) and "1.0.1" not in repo.tags
 
 
 def test_user_mistakes_are_one_line(hub, tmp_path):

@@ -119,6 +119,17 @@ def test_changed_options_never_resume_another_run(tiny, tmp_path):
     assert proc.returncode == 3 and "no split 'test'" in error_line(proc)
 
 
+def test_an_export_without_validation_split_trains_and_says_so(tiny, tmp_path):
+    _, model = tiny
+    rows = [(s, r) for s in SOURCES[:12] for r in _rewrites(s)]
+    export = write_export(tmp_path / "noval", rows, {"train": list(range(30)), "test": list(range(30, 36))})
+    out = tmp_path / "s"
+    cli(*_train_args(export, model, out, "--steps", "2"), check=True)
+    fmt = json.loads((out / "student.json").read_text())
+    assert fmt["losses"]["val_step0"] is None and fmt["losses"]["train_final"] > 0
+    assert "validation loss: - at step 0 -> - at the end" in (out / "README.md").read_text()
+
+
 def test_user_mistakes_are_one_line(tiny, tmp_path):
     export, model = tiny
     proc = cli("train", "--dataset", str(tmp_path / "nope"), "--model", str(model))
@@ -130,3 +141,5 @@ def test_user_mistakes_are_one_line(tiny, tmp_path):
     assert proc.returncode == 4 and "target_modules" in error_line(proc)
     proc = cli("evaluate", "--adapter", str(tmp_path))
     assert proc.returncode == 3 and "no trained student" in error_line(proc)
+    proc = cli(*_train_args(export, model, tmp_path / "z", "--template", "Say {0}: {text}"))
+    assert proc.returncode == 4 and "one placeholder {text}" in error_line(proc)

