@@ -112,7 +112,14 @@ def load_causal_lm(loadable: str, dtype: str):
     except OSError as e:
         first = str(e).strip().splitlines()[0]
         raise RecipeError(f"teacher.model: cannot load {loadable!r} ({first})") from None
-    tok.padding_side = "left"
+    return _for_generation(model, tok, "left")
+
+
+def _for_generation(model, tok, padding_side: str):
+    """Batched generation set-up: padding side, a pad token, the GPU when there is one, eval mode."""
+    import torch
+
+    tok.padding_side = padding_side
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if torch.cuda.is_available():
@@ -135,13 +142,8 @@ def load_student_lm(loadable: str, dtype: str, adapter: str, arch: str):
         tok = AutoTokenizer.from_pretrained(adapter)
     except (OSError, ValueError) as e:
         raise RecipeError(f"teacher.adapter: cannot load {adapter!r} on {loadable!r} ({first_line(e)})") from None
-    tok.padding_side = "right" if arch == "seq2seq" else "left"  # as trained; a decoder-only LM generates on the right
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    return model, tok
+    # padded as trained (seq2seq on the right); a decoder-only LM must continue on the right, so pads go left
+    return _for_generation(model, tok, "right" if arch == "seq2seq" else "left")
 
 
 def adapter_digest(folder: Path) -> str:
