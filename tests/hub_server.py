@@ -62,7 +62,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -1158,18 +1157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     srv = FakeHub(token=args.token, user=args.user, multipart_chunk_size=args.multipart_chunk_size,
                   host=args.host, port=args.port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    srv.start()
-    print(f"URL {srv.url}", flush=True)
-    print(f"# export HF_ENDPOINT={srv.url} HF_HUB_DISABLE_XET=1 HF_TOKEN={args.token}", flush=True)
-    try:
-        while not stop.wait(3600):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.stop()
+    srv.serve_until_stopped("# export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1 HF_TOKEN=" + args.token)
 
 
 if __name__ == "__main__":

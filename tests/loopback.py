@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 from typing import Self
 
@@ -47,6 +48,22 @@ class LoopbackServer:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         self._thread = self._loop = None
+
+    def serve_until_stopped(self, *notes: str) -> None:
+        """Script mode: start, print `URL ...` and the notes (`{url}` filled in), serve until SIGTERM or Ctrl-C."""
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.start()
+        print(f"URL {self.url}", flush=True)
+        for note in notes:
+            print(note.replace("{url}", self.url), flush=True)
+        try:
+            while not stop.wait(3600):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def __enter__(self) -> Self:
         return self.start()

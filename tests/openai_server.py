@@ -28,9 +28,7 @@ import math
 import random
 import re
 import secrets
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -1059,17 +1057,7 @@ def main(argv: list[str] | None = None) -> None:
                      rate_limit=rate_limit or None, batch_delay_s=args.batch_delay_ms / 1000,
                      structured_output=not args.no_structured_output, api_key=args.api_key,
                      host=args.host, port=args.port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    srv.start()
-    print(f"URL {srv.url}", flush=True)
-    try:
-        while not stop.wait(3600):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.stop()
+    srv.serve_until_stopped()
 
 
 if __name__ == "__main__":
