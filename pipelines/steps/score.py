@@ -11,7 +11,7 @@ import time
 import numpy as np
 import polars as pl
 
-from curation.scoring import score_pairs
+from curation.scoring import PairAnalyses, score_pairs
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
 from pipelines.steps.analyses import analyses, analyzer_id
@@ -59,11 +59,15 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         stats["seconds_by_input"]["vectors"] = round(time.perf_counter() - t, 3)
     if {"wpd_ld", "ted"} & set(scorers):
         t = time.perf_counter()
-        an = analyses(wd, unique_texts(pairs), cfg.spacy_model, progress)
-        kwargs["src_an"] = pairs.select(pl.col("source_id").alias("text_id")).join(
-            an, on="text_id", how="left", maintain_order="left")
-        kwargs["para_an"] = pairs.select(pl.col("candidate_id").alias("text_id")).join(
-            an, on="text_id", how="left", maintain_order="left")
+        an = analyses(wd, unique_texts(pairs), cfg.spacy_model, progress).with_row_index("row")
+        rows = an.select("text_id", "row")
+
+        def row_of(col: str) -> np.ndarray:
+            return (pairs.select(pl.col(col).alias("text_id")).join(rows, on="text_id", how="left",
+                                                                     maintain_order="left")
+                    .get_column("row").to_numpy().astype(np.int64))
+
+        kwargs["analyses"] = PairAnalyses(an, row_of("source_id"), row_of("candidate_id"))
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)
     if "nli" in scorers:
