@@ -126,7 +126,10 @@ class Workdir:
         shards = self.shards(table)
         if not shards:
             return empty_frame(table).lazy() if table in TABLES else pl.LazyFrame()
-        return pl.scan_parquet(shards)
+        if table not in TABLES:
+            return pl.scan_parquet(shards)
+        # shards written before a column was declared read it as null (older workdirs keep working)
+        return pl.scan_parquet(shards, schema=TABLES[table], missing_columns="insert", extra_columns="ignore")
 
     def read(self, table: str) -> pl.DataFrame:
         return self.scan(table).collect()

@@ -102,3 +102,14 @@ def test_split_assignment_is_stable_and_fills_every_split():
     assert set(a["split"]) == set(SPLITS)
     assert a.group_by("source_id").agg(pl.col("split").n_unique())["split"].max() == 1
     assert a.equals(assign_splits(pairs, {"train": 0.8, "validation": 0.1, "test": 0.1}))
+
+
+def test_a_workdir_from_before_a_column_was_declared_still_curates(filled):
+    """candidates.context_id came with the contextual teacher: shards written before it read it as null."""
+    folder = filled / "tables" / "candidates"
+    for shard in folder.glob("part-*.parquet"):
+        pl.read_parquet(shard).drop("context_id").write_parquet(shard)
+    wd = Workdir(filled)
+    assert wd.read("candidates").get_column("context_id").null_count() == 60
+    out = runner.curate(filled, upto="filter", progress=False)
+    assert out["filter"]["pairs"] == query(filled, "select count(*) from decisions").item()
