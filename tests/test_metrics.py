@@ -256,6 +256,17 @@ def test_wpd_ld_by_row_reads_sliced_null_and_unicode_columns():
     assert close(got[0][0], 0.5) and got[1][1] == 0.0  # the same alphanumeric lemmas, non-ASCII
     with pytest.raises(IndexError):
         syntax.wpd_ld_by_row(column, [0], [8])
+    # a slice of one chunk with no null list: the Arrow offsets start past 0 (list and string offsets)
+    rows = [["zz", "y"], ["a", "b", "c", "d"], ["d", "a"], ["é", "b"]]
+    sliced = pl.Series(rows, dtype=pl.List(pl.String)).slice(1)
+    got = syntax.wpd_ld_by_row(sliced, [0, 2, 1], [1, 0, 2])
+    want = syntax.wpd_ld([rows[1], rows[3], rows[2]], [rows[2], rows[1], rows[3]])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and len(set(got[1])) == 3
+    # other list-of-string dtypes read as their strings
+    empty = pl.Series([[], []])  # List(Null)
+    assert syntax.wpd_ld_by_row(empty, [0], [1])[1].tolist() == [1.0]
+    cat = pl.Series([["a", "b", "a"], ["b", "a"]], dtype=pl.List(pl.Categorical))
+    assert np.array_equal(syntax.wpd_ld_by_row(cat, [0], [1])[0], syntax.wpd_ld([["a", "b", "a"]], [["b", "a"]])[0])
 
 
 def test_wpd_ld_hand_cases():

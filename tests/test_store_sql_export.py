@@ -112,4 +112,5 @@ def test_a_workdir_from_before_a_column_was_declared_still_curates(filled):
     wd = Workdir(filled)
     assert wd.read("candidates").get_column("context_id").null_count() == 60
     out = runner.curate(filled, upto="filter", progress=False)
-    assert out["filter"]["pairs"] == query(filled, "select count(*) from decisions").item()
+    decided = query(filled, "select count(*) from decisions").item()
+    assert decided > 0 and out["filter"]["pairs"] == decided

@@ -215,6 +215,8 @@ def _encode_lists(lists: list) -> _Encoded:
 
 def _encode_list_column(column: pl.Series) -> _Encoded:
     """Encode a List(String) column straight from its Arrow buffers: no Python string is made or joined."""
+    if column.dtype != pl.List(pl.String):  # List(Null), List(Categorical), Array(String): their token strings
+        column = column.cast(pl.List(pl.String))
     if column.null_count():
         column = column.fill_null(pl.Series([[]], dtype=column.dtype))
     arr = column.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_list<large_string>
