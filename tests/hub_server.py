@@ -364,7 +364,6 @@ class FakeHub(LoopbackServer):
         self._seq = 0
         self._routes = [(frozenset(methods.split()), re.compile(rx), fam, getattr(self, name))
                         for methods, rx, fam, name in _ROUTES]
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     @property
@@ -378,17 +377,6 @@ class FakeHub(LoopbackServer):
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
-
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=512, reuse_address=True)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- faults and counters ------------------------------------------------------------------------------------
     def inject(self, family: str, *statuses: int, retry_after: int | None = 0) -> None:

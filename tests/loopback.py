@@ -8,22 +8,37 @@ import signal
 import threading
 from typing import Self
 
+from aiohttp import web
+
 
 class LoopbackServer:
-    """Subclasses set up their state in __init__ (calling super().__init__()) and define `_serve` (bind, set
-    `self.port`) and `_shutdown`; this runs them on an event loop in a daemon thread."""
+    """Subclasses set `host`, `port` (0 = any free one) and their state in __init__ (calling super().__init__())
+    and define `app()`; this serves it on 127.0.0.1 from an event loop in a daemon thread."""
+
+    backlog = 512
 
     def __init__(self) -> None:
+        self.host, self.port = "127.0.0.1", 0
+        self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
 
-    async def _serve(self) -> None:
+    def app(self) -> web.Application:
         raise NotImplementedError
 
+    async def _serve(self) -> None:
+        """Bind the app and set `self.port` to the port it got."""
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=self.backlog, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
     async def _shutdown(self) -> None:
-        raise NotImplementedError
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def start(self) -> Self:
         if self._thread is not None:

@@ -554,6 +554,8 @@ class FakeOpenAI(LoopbackServer):
         host, port: where to listen (port 0: a free port).
     """
 
+    backlog = 2048  # the benchmark opens up to 512 connections at once
+
     def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None, seed: int = 0,
                  rate_limit: dict | None = None, batch_delay_s: float = 0.0,
                  flagged_words: Iterable[str] = ("kill", "hate"), structured_output: bool = True,
@@ -580,7 +582,6 @@ class FakeOpenAI(LoopbackServer):
         self.batches: dict[str, dict] = {}  # id -> Batch object
         self._batch_order: list[str] = []
         self._batch_tasks: dict[str, asyncio.Task] = {}
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     @property
@@ -617,18 +618,10 @@ class FakeOpenAI(LoopbackServer):
         r.add_get("/v1/models/{id}", self._model_get)
         return app
 
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=2048, reuse_address=True)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
     async def _shutdown(self) -> None:
         for task in list(self._batch_tasks.values()):
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super()._shutdown()
 
     # -- middleware: auth, OpenAI-style 404/405, request ids ---------------------------------------------------
     @web.middleware
