@@ -22,7 +22,7 @@ from pipelines.steps.pairs import unique_pairs
 from pipelines.steps.report import write_workdir_report
 from pipelines.steps.score import available_columns, score
 from pipelines.store import Workdir
-from schemas.errors import BudgetReached, RecipeError, StateError
+from schemas.errors import BudgetReached, RecipeError, StateError, TeacherFailed
 from schemas.recipe import (
     BatchTeacherConfig,
     ChatTeacherConfig,
@@ -57,6 +57,9 @@ def _session(workdir: str | Path, command: str, recipe: Recipe | None, show_prog
         except BudgetReached:
             manifest.finish("stopped-at-budget")
             raise
+        except TeacherFailed:
+            manifest.finish("requests-failed")
+            raise
         except BaseException:
             manifest.finish("failed")
             raise
@@ -86,6 +89,9 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
         stats = import_pairs(wd, cfg, IngestConfig().max_chars, manifest, prog)
         manifest.record_stage("import", stats)
         return stats
+    if not isinstance(cfg, ContextualTeacherConfig) and wd.count("sources") == 0:
+        raise StateError(f"{wd.root}: no sources to generate from; ingest some first: "
+                         f"paradistill ingest FILE -w {wd.root}")
     if isinstance(cfg, ContextualTeacherConfig):
         from pipelines.steps.contextual import generate_contextual
 
@@ -107,17 +113,49 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
     return stats
 
 
-def _after_teacher(wd: Workdir, cfg, manifest: RunManifest, stats: dict) -> None:
-    """Candidates from what was stored, output moderation, then a budget stop becomes a clear exit."""
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def failure_cause(summary: dict) -> str:
+    """'connection refused (ClientConnectorError: ...), 12 times' from a `top_failure` dict."""
+    top = summary.get("top_failure")
+    if not top:
+        return "unknown"
+    kind = str(top.get("kind") or "unknown").replace("_", " ")
+    return f"{kind} ({_one_line(top.get('error') or '')}), {top['count']} time{'s' if top['count'] != 1 else ''}"
+
+
+def _failed_requests(wd: Workdir, stats: dict, manifest: RunManifest, curating: bool) -> TeacherFailed:
+    """The one-line error of a teacher step that ended with failed requests."""
+    failed = stats.get("failed", 0)
+    total = failed + stats.get("generated", 0)
+    where = "stopped before curation" if curating else f"candidates were built from the {stats.get('generated', 0)} " \
+        "that succeeded"
+    return TeacherFailed(
+        f"{failed} of {total} teacher request(s) failed after every retry; most common cause: "
+        f"{failure_cause(stats)}; {where}. Fix the cause and rerun the same command: only the failed requests are "
+        f"sent again (see them: paradistill sql -w {wd.root} \"SELECT failure_kind, error FROM request_failures "
+        f"WHERE run_id = '{manifest.run_id}'\"), or set teacher.on_failures: continue to go on with what succeeded")
+
+
+def _after_teacher(wd: Workdir, cfg, manifest: RunManifest, stats: dict, curating: bool = False) -> None:
+    """Candidates from what was stored, output moderation, then a budget stop or requests that still failed
+    become a clear exit (unless `teacher.on_failures: continue`)."""
     manifest.record_stage("candidates", build_candidates(wd))
     if getattr(cfg, "moderation", None) is not None and cfg.moderation.outputs:
         from pipelines.steps.moderation import moderate_outputs
 
         manifest.record_stage("moderation-outputs", moderate_outputs(wd, cfg))
+    failed = stats.get("failed", 0) if getattr(cfg, "on_failures", "continue") == "stop" else 0
     if stats.get("stopped_at_budget"):
+        also = f"; {failed} request(s) also failed, most common cause: {failure_cause(stats)}" if failed else ""
         raise BudgetReached(
             f"teacher stopped at the budget: ${stats.get('spent_total_usd', 0):.4f} spent of max_cost "
-            f"${cfg.max_cost:.4f}; everything paid for is stored, rerun with a larger --max-cost to go on")
+            f"${cfg.max_cost:.4f}; everything paid for is stored, rerun with a larger --max-cost to go on{also}")
+    if failed:
+        raise _failed_requests(wd, stats, manifest, curating)
 
 
 def generate(workdir: str | Path, teacher=None, progress: bool = True, dry_run: bool = False) -> dict:
@@ -174,6 +212,14 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
         validate_rules(fcfg, available_columns(recipe.score, recipe.nli) | {"pair_id", "source_id"})
     pairs = unique_pairs(wd)
     if pairs.height == 0:
+        from pipelines.steps.chat import open_failures
+
+        fails = open_failures(wd)
+        if fails["count"]:
+            raise TeacherFailed(f"{wd.root}: no candidate pairs to curate: {fails['count']} teacher request(s) "
+                                f"failed and no stored response gave a pair; most common cause: "
+                                f"{failure_cause(fails)}. Fix the cause and rerun the teacher (the same command): "
+                                "only the failed requests are sent again")
         raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
     out: dict = {}
     out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
@@ -237,7 +283,7 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         result["teacher"] = stats
         if dry_run:
             return result
-        _after_teacher(wd, recipe.teacher, manifest, stats)
+        _after_teacher(wd, recipe.teacher, manifest, stats, curating=recipe.filter is not None)
         if stats.get("pending_batches"):
             result["stages"] = manifest.data["stages"]
             return result  # batches still running: curation waits for the whole corpus

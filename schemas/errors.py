@@ -43,3 +43,11 @@ class BudgetReached(UserError):
     """The teacher stopped at `max_cost`; everything paid for is stored and a rerun with a larger cap goes on."""
 
     exit_code = 7
+
+
+class TeacherFailed(UserError):
+    """Teacher requests still failed after every retry: the run stops before curation (exit 9) unless the recipe
+    says `teacher.on_failures: continue`; what succeeded is stored, and rerunning the same command retries only
+    the failed requests."""
+
+    exit_code = 9

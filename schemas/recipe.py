@@ -95,11 +95,20 @@ class _OpenAIBase(_Strict):
     n: int = Field(3, ge=1, le=64, description="Paraphrases wanted per source.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Method A used 0 with a list prompt.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(256, ge=1, le=65536, description="Sent as max_completion_tokens.")
+    max_new_tokens: int = Field(
+        256, ge=1, le=65536, description="Completion token cap, sent in the field(s) max_tokens_field names.")
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens", "both"] = Field(
+        "auto", description="Which request field carries max_new_tokens: auto = max_completion_tokens for OpenAI's "
+        "own hosts (api.openai.com, *.openai.azure.com; their reasoning models reject max_tokens), both fields "
+        "for any other server (llama.cpp and older servers only know max_tokens).")
     seed: int | None = Field(None, description="Sent as `seed` when set (servers may ignore it).")
     structured_output: Literal["auto", "on", "off"] = Field(
         "auto", description="Ask for a JSON list via response_format json_schema; auto falls back to the list "
-        "parser when the server refuses it.")
+        "parser for the rest of the run when the server refuses it (a 4xx or 5xx naming it, or a structured "
+        "request that fails where the same request without it succeeds). YAML true/false mean on/off.")
+    on_failures: Literal["stop", "continue"] = Field(
+        "stop", description="Requests still failed after every retry: stop before curation (exit 9; a rerun "
+        "retries them) or continue with what succeeded (the failures stay in request_failures and the stats).")
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Price overrides, USD per 1M tokens: {MODEL: {input: X, output: Y}}.")
     price_file: str | None = Field(None, description="YAML price table overriding the shipped one.")
@@ -107,14 +116,21 @@ class _OpenAIBase(_Strict):
     moderation: ModerationConfig = Field(default_factory=ModerationConfig)
     limit: int | None = Field(None, ge=1, description="Only the first N sources (by id), for trials.")
 
+    @field_validator("structured_output", mode="before")
+    @classmethod
+    def _switch_bool(cls, v: object) -> object:
+        """YAML reads an unquoted `off` / `on` as false / true."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class ChatTeacherConfig(_OpenAIBase):
     """`kind: openai`: any OpenAI-compatible chat server, asked concurrently with retries and rate limits."""
 
     kind: Literal["openai"]
     sampling: Literal["n", "requests"] = Field(
-        "n", description="single-paraphrase prompts: one request with `n` choices, or n requests (llama.cpp "
-        "ignores `n`: use requests).")
+        "n", description="single-paraphrase prompts: one request with `n` choices, or n requests. With `n`, a "
+        "server that returns fewer choices than asked (llama.cpp ignores `n`) is detected on its first reply and "
+        "the run switches to n requests of one choice.")
     concurrency: int = Field(64, ge=1, le=4096, description="Requests in flight at most.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(6, ge=0, le=100, description="Retries on 429, 5xx, timeouts and connection errors.")

@@ -92,12 +92,15 @@ REQUEST_FAILURES = {  # teacher requests that ended without a response after eve
     "source_id": pl.String,
     "teacher_kind": pl.String,
     "model": pl.String,
-    "error": pl.String,  # one line: exception type / HTTP status and message
+    "error": pl.String,  # the real cause, whole: "HTTP 500: <server's message>" or "<transport error>: <message>"
     "status_code": pl.Int64,
     "attempts": pl.Int64,
     "batch_id": pl.String,
     "run_id": pl.String,
     "at": pl.Int64,  # time.time_ns()
+    # connection_refused, connect_error, timeout, disconnected, rate_limit, auth, client_error (4xx),
+    # server_error (5xx), invalid_response, batch_item_error; null in shards written before it existed
+    "failure_kind": pl.String,
 }
 
 BATCHES = {  # one row per OpenAI batch state seen; the newest row per batch_id is its state

@@ -349,13 +349,26 @@ def validate_chat(body: Any) -> tuple[str, list[dict]]:
     return model, messages
 
 
-def build_completion(body: Any, *, structured_output: bool = True,
-                     prompt_tokens: int | None = None) -> dict:
-    """The deterministic chat completion for `body` (OpenAI-shaped JSON), or raises ApiError (400)."""
+#: What llama-cpp-python's server answers (HTTP 500) to `response_format: {type: json_schema}`.
+LLAMA_CPP_FORMAT_ERROR = ("1 validation error:\n"
+                          "{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input "
+                          "should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' "
+                          "or 'json_object'\"}}")
+
+
+def build_completion(body: Any, *, structured_output: bool = True, prompt_tokens: int | None = None,
+                     llama_cpp: bool = False) -> dict:
+    """The deterministic chat completion for `body` (OpenAI-shaped JSON), or raises ApiError (400).
+
+    `llama_cpp`: answer as llama-cpp-python's server does: json_schema gets a 500 whose (multi-line) message names
+    response_format, `n` is ignored (one choice), and only `max_tokens` caps the reply (max_completion_tokens is
+    ignored)."""
     model, messages = validate_chat(body)
     fmt = body.get("response_format")
     fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
     structured = fmt_type in ("json_schema", "json_object")
+    if llama_cpp and fmt_type == "json_schema":
+        raise ApiError(500, LLAMA_CPP_FORMAT_ERROR, "internal_server_error")
     if structured and not structured_output:
         raise ApiError(400, f"response_format {fmt_type} is not supported", param="response_format")
     if prompt_tokens is None:
@@ -369,9 +382,9 @@ def build_completion(body: Any, *, structured_output: bool = True,
                           "seed": body.get("seed")})
     base = hashlib.sha256(key.encode()).hexdigest()
     used = {_norm(sentence)}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = body.get("max_tokens") if llama_cpp else body.get("max_completion_tokens") or body.get("max_tokens")
     choices, completion_tokens = [], 0
-    for index in range(body.get("n") or 1):
+    for index in range(1 if llama_cpp else body.get("n") or 1):
         rng = random.Random(int(hashlib.sha256(f"{base}:{index}".encode()).hexdigest()[:16], 16))
         items = paraphrases(sentence, k, rng, used)
         if structured:
@@ -550,6 +563,8 @@ class FakeOpenAI(LoopbackServer):
         flagged_words: words the moderation endpoint flags ("kill" -> violence, "hate" -> hate, other ->
             harassment).
         structured_output: if False, a json_schema/json_object response_format gets a 400.
+        llama_cpp: answer like llama-cpp-python's server: json_schema -> HTTP 500 naming response_format, `n`
+            ignored (one choice), only `max_tokens` caps a reply (max_completion_tokens ignored).
         api_key: if set, every request needs `Authorization: Bearer <api_key>` (else 401).
         host, port: where to listen (port 0: a free port).
     """
@@ -559,7 +574,7 @@ class FakeOpenAI(LoopbackServer):
     def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None, seed: int = 0,
                  rate_limit: dict | None = None, batch_delay_s: float = 0.0,
                  flagged_words: Iterable[str] = ("kill", "hate"), structured_output: bool = True,
-                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, llama_cpp: bool = False) -> None:
         super().__init__()
         self.latency_s = float(latency_s)
         self.seed = seed
@@ -575,6 +590,7 @@ class FakeOpenAI(LoopbackServer):
         self.batch_delay_s = float(batch_delay_s)
         self.flagged_words = tuple(flagged_words)
         self.structured_output = structured_output
+        self.llama_cpp = llama_cpp
         self.api_key = api_key
         self.host, self.port = host, port
         self.log: list[dict] = []
@@ -717,7 +733,8 @@ class FakeOpenAI(LoopbackServer):
             raise ApiError(503, "The engine is currently overloaded, please try again later.", "server_error",
                            code="service_unavailable")
 
-        payload = build_completion(body, structured_output=self.structured_output, prompt_tokens=prompt_tokens)
+        payload = build_completion(body, structured_output=self.structured_output, prompt_tokens=prompt_tokens,
+                                   llama_cpp=self.llama_cpp)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         charged = prompt_tokens + (max_tokens if max_tokens else payload["usage"]["completion_tokens"])
         which, wait = self.limiter.acquire(charged)
@@ -940,7 +957,8 @@ class FakeOpenAI(LoopbackServer):
             return
         request_id = _new_id("req_", 16)
         try:
-            payload = build_completion(item.get("body"), structured_output=self.structured_output)
+            payload = build_completion(item.get("body"), structured_output=self.structured_output,
+                                       llama_cpp=self.llama_cpp)
         except ApiError as e:
             counts["failed"] += 1
             rec = {"id": _new_id("batch_req_", 16), "custom_id": cid,
@@ -1044,12 +1062,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-delay-ms", type=float, default=0.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--no-structured-output", action="store_true")
+    ap.add_argument("--llama-cpp", action="store_true",
+                    help="answer like llama-cpp-python: json_schema -> 500, n ignored, only max_tokens honoured")
     args = ap.parse_args(argv)
     rate_limit = {k: v for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v}
     srv = FakeOpenAI(latency_s=args.latency_ms / 1000, faults=args.faults, seed=args.seed,
                      rate_limit=rate_limit or None, batch_delay_s=args.batch_delay_ms / 1000,
                      structured_output=not args.no_structured_output, api_key=args.api_key,
-                     host=args.host, port=args.port)
+                     host=args.host, port=args.port, llama_cpp=args.llama_cpp)
     srv.serve_until_stopped()
 
 

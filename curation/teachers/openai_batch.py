@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from curation.teachers.openai_chat import (
+    MAX_ERROR_CHARS,
     ChatRequest,
     ChatResult,
     make_sync_client,
     request_body,
     result_from_dict,
+    status_kind,
 )
 from schemas.errors import RecipeError
 
@@ -111,13 +113,15 @@ def read_results(text: str, by_id: dict[str, ChatRequest], structured: bool) -> 
             body_err = (resp.get("body") or {}).get("error") if isinstance(resp.get("body"), dict) else None
             e = err or body_err or {}
             msg = f"{e.get('code') or status}: {e.get('message') or 'batch request failed'}"
-            yield ChatResult(request=req, ok=False, error=msg[:500], status_code=status, attempts=1)
+            kind = status_kind(status) if isinstance(status, int) and status != 200 else "batch_item_error"
+            yield ChatResult(request=req, ok=False, error=msg[:MAX_ERROR_CHARS], status_code=status, attempts=1,
+                             failure_kind=kind)
             continue
         try:
             yield result_from_dict(req, resp["body"], structured, 1, 0.0)
         except (KeyError, ValueError) as e:
-            yield ChatResult(request=req, ok=False, error=f"malformed batch output line: {e}"[:500],
-                             status_code=status, attempts=1)
+            yield ChatResult(request=req, ok=False, error=f"malformed batch output line: {e}"[:MAX_ERROR_CHARS],
+                             status_code=status, attempts=1, failure_kind="invalid_response")
 
 
 __all__ = ["Shard", "shards", "request_line", "BatchClient", "read_results", "request_body", "TERMINAL"]

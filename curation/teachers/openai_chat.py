@@ -2,8 +2,13 @@
 
 Concurrency cap, adaptive rate limiting (reads `x-ratelimit-*` and `Retry-After`, halves the in-flight limit on a
 429 and grows it back on success), retries with exponential backoff and full jitter on 429, 5xx, timeouts,
-connection errors and malformed bodies, then a recorded failure. The operator knows nothing of the workdir: each
-finished request is handed to `on_result` (the runner writes it) before the next one may count as done.
+connection errors and malformed bodies, then a recorded failure with its real cause and a `failure_kind`. The
+operator knows nothing of the workdir: each finished request is handed to `on_result` (the runner writes it)
+before the next one may count as done.
+
+Servers that are OpenAI-compatible but not OpenAI (llama.cpp, llama-cpp-python, older vLLM/Ollama) are found out
+once per run: a refused `response_format` switches `structured_output: auto` to the list parser, and replies with
+fewer choices than `n` switch to n requests of one choice (through the caller's `expand`).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import os
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 from schemas.errors import RecipeError
 
@@ -30,6 +37,14 @@ JSON_LIST_FORMAT = {
     },
 }
 RETRYABLE_STATUS = {408, 409, 429}
+#: Words in an error body that say the server cannot do `response_format` (json_schema, a grammar, a schema).
+FORMAT_WORDS = ("response_format", "json_schema", "grammar", "schema")
+#: Statuses that never mean "structured output unsupported".
+NOT_FORMAT_STATUS = {401, 403, 404, 408, 409, 429}
+#: Hosts that are OpenAI's own API: their reasoning models refuse `max_tokens`.
+OPENAI_HOSTS = ("api.openai.com",)
+OPENAI_HOST_SUFFIXES = (".openai.azure.com",)
+MAX_ERROR_CHARS = 4000
 
 
 class AuthFailed(RecipeError):
@@ -62,6 +77,7 @@ class ChatResult:
     latency_s: float = 0.0
     error: str | None = None
     status_code: int | None = None
+    failure_kind: str | None = None
 
 
 def resolve_server(base_url: str | None, api_key_env: str) -> tuple[str, str]:
@@ -196,16 +212,104 @@ class RateGate:
             self.pause(wait)
 
 
-def _error_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}"[:500]
+def status_kind(status: int | None) -> str:
+    """The failure kind of an HTTP status: rate_limit, auth, client_error (4xx), server_error (5xx)."""
+    if status == 429:
+        return "rate_limit"
+    if status in (401, 403):
+        return "auth"
+    if status is not None and 400 <= status < 500:
+        return "client_error"
+    if status is not None and status >= 500:
+        return "server_error"
+    return "invalid_response"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not x for x in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+_WRAPPERS = ("openai", "httpx", "httpx2", "httpcore")
+
+
+def server_message(exc) -> str:
+    """The whole message an HTTP error's body carries (every line of it), else the body text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        msg = inner.get("message") if isinstance(inner, dict) else None
+        if msg:
+            return str(msg).strip()
+        return json.dumps(body, ensure_ascii=False)
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    try:
+        text = exc.response.text
+    except Exception:  # noqa: BLE001 - a streamed or closed response
+        text = ""
+    return text.strip() or str(exc).strip()
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(failure_kind, the real cause, whole) of a failed request.
+
+    An HTTP error gives its status class and the server's whole message; a transport error is followed through
+    `__cause__`/`__context__` past the openai/httpx wrappers (which call a refused connection "Request timed
+    out") to the transport's own exception: connection_refused, connect_error, timeout or disconnected.
+    """
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status_kind(status), f"HTTP {status}: {server_message(exc)}"[:MAX_ERROR_CHARS]
+    chain = _chain(exc)
+    cause = next((e for e in chain if type(e).__module__.split(".")[0] not in _WRAPPERS), chain[-1])
+    names = {type(c).__name__ for e in chain for c in type(e).__mro__}
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        kind = "connection_refused"
+    elif any(isinstance(e, TimeoutError) for e in chain) or "ReadTimeout" in names:
+        kind = "timeout"
+    elif any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in chain) or names & {
+            "ServerDisconnectedError", "RemoteProtocolError", "ClientPayloadError"}:
+        kind = "disconnected"
+    elif "APITimeoutError" in names and not any(isinstance(e, OSError) for e in chain):
+        kind = "timeout"
+    elif any(isinstance(e, OSError) for e in chain) or "APIConnectionError" in names:
+        kind = "connect_error"
+    else:
+        kind = "invalid_response"
+    text = str(cause).strip() or type(cause).__name__
+    return kind, f"{type(cause).__name__}: {text}"[:MAX_ERROR_CHARS]
+
+
+def names_format(message: str) -> bool:
+    """Whether an error message names structured output (so the server refused `response_format`)."""
+    low = message.lower()
+    return any(w in low for w in FORMAT_WORDS)
+
+
+def max_tokens_fields(choice: str, base_url: str) -> tuple[str, ...]:
+    """The request field(s) carrying the completion cap. `auto`: max_completion_tokens on OpenAI's own hosts (its
+    reasoning models reject max_tokens), both fields elsewhere (llama.cpp and older servers know only max_tokens;
+    servers that know both read the same value)."""
+    if choice == "auto":
+        host = (urlparse(base_url).hostname or "").lower()
+        official = host in OPENAI_HOSTS or host.endswith(OPENAI_HOST_SUFFIXES)
+        return ("max_completion_tokens",) if official else ("max_tokens", "max_completion_tokens")
+    if choice == "both":
+        return ("max_tokens", "max_completion_tokens")
+    return (choice,)
 
 
 def request_body(req: ChatRequest, model: str, temperature: float, top_p: float, max_new_tokens: int,
-                 structured: bool) -> dict:
+                 structured: bool, token_fields: Iterable[str] = ("max_completion_tokens",)) -> dict:
     """The chat completions body of one request (the same for the sync API and Batch API lines)."""
-    body: dict = {"model": model, "messages": req.messages, "temperature": temperature, "top_p": top_p,
-                  "max_completion_tokens": max_new_tokens}
+    body: dict = {"model": model, "messages": req.messages, "temperature": temperature, "top_p": top_p}
+    for name in token_fields:
+        body[name] = max_new_tokens
     if req.n > 1:
         body["n"] = req.n
     if req.seed is not None:
@@ -240,17 +344,22 @@ def result_from_dict(req: ChatRequest, obj: dict, structured: bool, attempts: in
 
 
 class ChatTeacher:
-    """Sends ChatRequests concurrently and hands every ChatResult (success or final failure) to a callback."""
+    """Sends ChatRequests concurrently and hands every ChatResult (success or final failure) to a callback.
+
+    What the server cannot do is found out once per run (the teacher is per run, so per server and model):
+    `structured_fallback` / `n_fallback` hold the reason when it switched, None otherwise.
+    """
 
     kind = "openai"
 
     def __init__(self, *, model: str, base_url: str | None, api_key_env: str, temperature: float, top_p: float,
                  max_new_tokens: int, structured_output: str, list_mode: bool, concurrency: int, timeout_s: float,
                  max_retries: int, backoff_s: float, backoff_max_s: float, rpm: int | None = None,
-                 tpm: int | None = None, seed: int = 0):
+                 tpm: int | None = None, seed: int = 0, max_tokens_field: str = "auto"):
         self.model = model
         self.base_url, self._key = resolve_server(base_url, api_key_env)
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.token_fields = max_tokens_fields(max_tokens_field, self.base_url)
         self.structured = structured_output != "off" and list_mode
         self.structured_auto = structured_output == "auto"
         self.concurrency, self.timeout_s = concurrency, timeout_s
@@ -258,67 +367,109 @@ class ChatTeacher:
         self.rpm, self.tpm = rpm, tpm
         self._rng = random.Random(seed)
         self.gate: RateGate | None = None
-        self.fallback_reason: str | None = None
+        self.fallback_reason: str | None = None  # structured output refused: why
+        self.n_fallback: str | None = None  # fewer choices than `n`: what was seen
+        self.posts = 0
+        self._structured_ok = False  # a structured request succeeded: no more probing
         self._response_cls = None
 
-    def _kwargs(self, req: ChatRequest) -> dict:
-        return request_body(req, self.model, self.temperature, self.top_p, self.max_new_tokens, self.structured)
+    def _kwargs(self, req: ChatRequest, structured: bool) -> dict:
+        return request_body(req, self.model, self.temperature, self.top_p, self.max_new_tokens, structured,
+                            self.token_fields)
 
     def _backoff(self, attempt: int, server_wait: float | None) -> float:
         jitter = self._rng.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
         return max(jitter, server_wait or 0.0)
 
+    def _fall_back(self, reason: str) -> None:
+        if self.structured:
+            self.structured = False
+            self.fallback_reason = " ".join(reason.split())[:MAX_ERROR_CHARS]
+
     async def _one(self, client, req: ChatRequest) -> ChatResult:
         import openai
 
         attempt, t0 = 0, time.perf_counter()
+        probe, probed, probe_reason = False, False, ""
         while True:
             attempt += 1
-            structured = self.structured
+            structured = self.structured and not probe
             await self.gate.acquire(req.est_prompt_tokens + self.max_new_tokens * req.n)
-            wait, error, status = None, None, None
+            wait, error, status, kind = None, None, None, None
             try:
                 # the client's low-level post: same auth, errors and transport as chat.completions.create, but
                 # the body goes out as built (the typed-params transform cost ~3 ms a request at 256 in flight)
-                raw = await client.post("/chat/completions", body=self._kwargs(req), cast_to=self._response_cls,
+                self.posts += 1
+                raw = await client.post("/chat/completions", body=self._kwargs(req, structured),
+                                        cast_to=self._response_cls,
                                         options={"headers": {"X-Client-Request-Id": req.request_id}})
                 result = result_from_dict(req, json.loads(raw.content), structured, attempt,
                                           time.perf_counter() - t0)
                 self.gate.on_success(raw.headers)
+                if structured:
+                    self._structured_ok = True
+                elif probe:  # the request failed with response_format and succeeds without it
+                    self._fall_back(f"{probe_reason} (the same request without response_format succeeded)")
                 return result
             except openai.AuthenticationError as e:
                 raise AuthFailed(f"teacher: {self.base_url} rejected the API key (HTTP 401): check the key in "
                                  "the environment variable named by teacher.api_key_env") from e
             except openai.APIStatusError as e:
-                status, error = e.status_code, _error_line(e)
-                if status == 400 and structured and self.structured_auto and "response_format" in str(e):
-                    self.structured, self.fallback_reason = False, error
-                    attempt -= 1  # the server cannot do structured output: ask again for a plain list
+                status = e.status_code
+                kind, error = describe_failure(e)
+                if structured and self.structured_auto and status >= 400 and status not in NOT_FORMAT_STATUS:
+                    if names_format(error):  # the server says it cannot do response_format
+                        self._fall_back(error)
+                        attempt -= 1
+                        continue
+                    if not self._structured_ok and not probed:  # ask once without it: is that what fails?
+                        probe, probed, probe_reason = True, True, error
+                        attempt -= 1
+                        continue
+                if structured and not self.structured:  # another request found the server cannot do it
+                    attempt -= 1
                     continue
                 if status == 429:
                     wait = retry_after(e.response.headers)
                     self.gate.on_throttle(wait)
                 elif status not in RETRYABLE_STATUS and status < 500:
-                    return self._failed(req, error, status, attempt, t0)
+                    return self._failed(req, error, status, kind, attempt, t0)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                error = _error_line(e)
+                kind, error = describe_failure(e)
             except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as e:
-                error = f"malformed response: {_error_line(e)}"
+                kind, error = "invalid_response", f"malformed response: {type(e).__name__}: {e}"[:MAX_ERROR_CHARS]
             finally:
                 await self.gate.release()
+            probe = False
             if attempt > self.max_retries:
-                return self._failed(req, error, status, attempt, t0)
+                return self._failed(req, error, status, kind, attempt, t0)
             await asyncio.sleep(self._backoff(attempt, wait))
 
     @staticmethod
-    def _failed(req: ChatRequest, error: str | None, status: int | None, attempts: int, t0: float) -> ChatResult:
+    def _failed(req: ChatRequest, error: str | None, status: int | None, kind: str | None, attempts: int,
+                t0: float) -> ChatResult:
         return ChatResult(request=req, ok=False, error=error or "unknown error", status_code=status,
-                          attempts=attempts, latency_s=time.perf_counter() - t0)
+                          failure_kind=kind or "unknown", attempts=attempts, latency_s=time.perf_counter() - t0)
+
+    def _short_n(self, res: ChatResult, expand) -> list[ChatRequest]:
+        """A reply with fewer choices than `n` asked: from now on n requests of one choice (`expand` makes the
+        missing samples of a request, with their own stable ids)."""
+        req = res.request
+        if expand is None or not res.ok or req.n <= 1 or len(res.contents) >= req.n:
+            return []
+        if self.n_fallback is None:
+            self.n_fallback = (f"the server returned {len(res.contents)} choice(s) for n={req.n}: sending n "
+                               "requests of one choice instead")
+        return expand(req)
 
     async def run(self, requests: Iterable[ChatRequest],
                   on_result: Callable[[ChatResult], Awaitable[None] | None],
-                  admit: Callable[[ChatRequest], bool] | None = None) -> None:
-        """Send every request (at most `concurrency` at once); `admit` may refuse one (budget), which stops sending."""
+                  admit: Callable[[ChatRequest], bool] | None = None,
+                  expand: Callable[[ChatRequest], list[ChatRequest]] | None = None) -> None:
+        """Send every request (at most `concurrency` at once); `admit` may refuse one (budget), which stops sending.
+
+        `expand(req)` gives the requests for samples 1..n-1 of a request that asked for `n` choices; it is called
+        when the server turns out to ignore `n` (for that request and for every later one, then sent with n=1)."""
         self.gate = RateGate(self.concurrency, self.rpm, self.tpm)
         import openai
 
@@ -327,10 +478,12 @@ class ChatTeacher:
         slots = asyncio.Semaphore(self.concurrency)
         pending: set[asyncio.Task] = set()
         failure: list[BaseException] = []
+        extra: deque[ChatRequest] = deque()  # samples added when the server ignores `n`
 
         async def worker(req: ChatRequest) -> None:
             try:
                 result = await self._one(client, req)
+                extra.extend(self._short_n(result, expand))
                 out = on_result(result)
                 if asyncio.iscoroutine(out):
                     await out
@@ -339,10 +492,21 @@ class ChatTeacher:
             finally:
                 slots.release()
 
+        source = iter(requests)
         try:
-            for req in requests:
+            while True:
                 await slots.acquire()
-                if failure or (admit is not None and not admit(req)):
+                req = extra.popleft() if extra else next(source, None)
+                if req is None or failure:
+                    slots.release()
+                    if failure or not pending:
+                        break
+                    await asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)  # may add samples
+                    continue
+                if self.n_fallback and expand is not None and req.n > 1:
+                    req.n = 1
+                    extra.extend(expand(req))
+                if admit is not None and not admit(req):
                     slots.release()
                     break
                 task = asyncio.create_task(worker(req))

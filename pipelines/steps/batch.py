@@ -13,8 +13,16 @@ import time
 import polars as pl
 
 from curation.teachers.openai_batch import TERMINAL, BatchClient, read_results, shards
-from curation.teachers.openai_chat import ChatRequest, ChatResult, request_body, resolve_server
-from pipelines.steps.chat import base_columns, estimate, failure_row, generation_row, prepare, spent_usd
+from curation.teachers.openai_chat import ChatRequest, ChatResult, max_tokens_fields, request_body, resolve_server
+from pipelines.steps.chat import (
+    FailureTally,
+    base_columns,
+    estimate,
+    failure_row,
+    generation_row,
+    prepare,
+    spent_usd,
+)
 from pipelines.store import Workdir, atomic_write_bytes
 from schemas.recipe import BatchTeacherConfig
 
@@ -64,7 +72,9 @@ def generate_batch(wd: Workdir, cfg: BatchTeacherConfig, run_id: str, progress=N
     structured = cfg.structured_output != "off" and template.mode == "list"
     if todo:
         spent = spent_usd(wd)
-        bodies = [request_body(r, cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, structured) for r in todo]
+        fields = max_tokens_fields(cfg.max_tokens_field, base_url)
+        bodies = [request_body(r, cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, structured, fields)
+                  for r in todo]
         on_server = client.submitted()
         for shard in shards(todo, bodies, cfg.max_requests_per_file, int(cfg.max_file_mb * 1024 * 1024)):
             if cfg.max_cost is not None and price is not None:
@@ -84,7 +94,7 @@ def generate_batch(wd: Workdir, cfg: BatchTeacherConfig, run_id: str, progress=N
             _record(wd, b, shard.key, shard.n, len(shard.data), run_id)
     stats.update(_collect(wd, cfg, client, by_id, template, price, run_id, progress, structured))
     stats.update(spent_total_usd=round(spent_usd(wd), 6), seconds=round(time.perf_counter() - t0, 3),
-                 model=cfg.model, prompt_version=template.version_id)
+                 model=cfg.model, prompt_version=template.version_id, on_failures=cfg.on_failures)
     return stats
 
 
@@ -93,6 +103,7 @@ def _collect(wd: Workdir, cfg: BatchTeacherConfig, client: BatchClient, by_id: d
     """Poll live batches (until all end when cfg.wait) and load every ended one exactly once."""
     base = base_columns(cfg, template, "openai-batch", run_id)
     out = {"generated": 0, "failed": 0, "cost_usd": 0.0, "batches_collected": 0, "pending_batches": 0}
+    tally = FailureTally()
     task = None
     while True:
         live = batch_states(wd).filter(~pl.col("status").is_in(ENDED))
@@ -109,13 +120,15 @@ def _collect(wd: Workdir, cfg: BatchTeacherConfig, client: BatchClient, by_id: d
             got = _load(wd, client, b, row["shard_key"], by_id, template, base, price, run_id, structured)
             for k in ("generated", "failed", "cost_usd"):
                 out[k] += got[k]
+            for f in got["failures"]:
+                tally.add(f["failure_kind"], f["error"])
             _record(wd, b, row["shard_key"], row["n_requests"], row["bytes"], run_id, status="collected")
             out["batches_collected"] += 1
             if task is not None:
                 progress.advance(task)
         out["pending_batches"] = still
         if not still or not cfg.wait:
-            return out
+            return {**out, **tally.stats()}
         time.sleep(cfg.poll_s)
 
 
@@ -138,11 +151,12 @@ def _load(wd: Workdir, client: BatchClient, b: dict, shard_key: str, by_id: dict
     for rid, req in mine.items():
         if rid not in seen:
             res = ChatResult(request=req, ok=False, error=f"batch {b['status']}: no result for this request",
-                             attempts=1)
+                             attempts=1, failure_kind="batch_item_error")
             fails.append(failure_row(res, "openai-batch", base["model"], run_id, batch_id=b["id"]))
     if gens:
         wd.append("generations", pl.DataFrame(gens, schema_overrides={"items": pl.List(pl.String)}),
                   key=f"batch-{b['id']}")
     if fails:
         wd.append("request_failures", pl.DataFrame(fails), key=f"batch-{b['id']}")
-    return {"generated": len(gens), "failed": len(fails), "cost_usd": sum(g["cost_usd"] or 0.0 for g in gens)}
+    return {"generated": len(gens), "failed": len(fails), "cost_usd": sum(g["cost_usd"] or 0.0 for g in gens),
+            "failures": fails}

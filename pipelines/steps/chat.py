@@ -2,8 +2,12 @@
 
 Never pay twice: a request id hashes (model, messages' template version, parameters, source, sample index); a
 response is journalled (flushed) before the request counts as done, and every run first folds leftover journal
-files into `generations`. Budget: `max_cost` caps the teacher spend recorded in the workdir; sending stops before
-a request whose estimated cost would cross it, in-flight requests finish, and a rerun with a larger cap goes on.
+files into `generations`. A server that ignores `n` gets n requests of one choice: sample 0 keeps the id of the
+n-choice request, samples 1..n-1 get the ids of their own (source, sample index), so a rerun plans them again
+(it sees the stored samples) and sends only those with no stored response.
+
+Budget: `max_cost` caps the teacher spend recorded in the workdir; sending stops before a request whose estimated
+cost would cross it, in-flight requests finish, and a rerun with a larger cap goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 
 import polars as pl
 
@@ -36,20 +41,45 @@ def request_params(cfg: ChatTeacherConfig | BatchTeacherConfig, template: Prompt
 
 
 def plan(sources: pl.DataFrame, cfg: ChatTeacherConfig | BatchTeacherConfig, template: PromptTemplate,
-         kind: str) -> list[ChatRequest]:
-    """One request per source (list prompt, or `n` choices), or n requests per source (sampling: requests)."""
+         kind: str, split_n: bool = False) -> list[ChatRequest]:
+    """One request per source (list prompt, or `n` choices), or n requests per source (sampling: requests).
+
+    `split_n`: the server ignores `n`, so a request for n choices becomes n requests of one (sample k keeps the id
+    of (source, k) under the same parameters: sample 0 is the n-choice request's own id)."""
     params = request_params(cfg, template)
-    per_source = cfg.n if template.mode == "single" and params["choices"] == 1 else 1
+    choices = params["choices"]
+    per_source = cfg.n if template.mode == "single" and (choices == 1 or split_n) else 1
     n_ask = cfg.n if template.mode == "list" else 1
     reqs = []
     for sid, text in zip(sources["source_id"], sources["text"], strict=True):
         messages = template.messages(text, n_ask)
         for k in range(per_source):
-            seed = None if cfg.seed is None else cfg.seed + k
-            reqs.append(ChatRequest(request_id=request_id(kind, cfg.model, template.version_id, params, sid, k),
-                                    source_id=sid, sample_index=k, messages=messages, n=params["choices"],
-                                    seed=seed))
+            reqs.append(sample_request(kind, cfg, template, params, sid, k, messages, 1 if split_n else choices))
     return reqs
+
+
+def sample_request(kind: str, cfg, template: PromptTemplate, params: dict, source_id: str, k: int,
+                   messages: list[dict], n: int) -> ChatRequest:
+    """Request for sample `k` of a source (its id depends only on the parameters, the source and k)."""
+    return ChatRequest(request_id=request_id(kind, cfg.model, template.version_id, params, source_id, k),
+                       source_id=source_id, sample_index=k, messages=messages, n=n,
+                       seed=None if cfg.seed is None else cfg.seed + k)
+
+
+def server_ignored_n(wd: Workdir, cfg, template: PromptTemplate, kind: str) -> bool:
+    """Whether an earlier run found that the server ignores `n` for these parameters: it stored samples past 0,
+    or a sample-0 reply holding one choice where n were asked (a reply of several choices is stored as a JSON
+    list)."""
+    params = request_params(cfg, template)
+    if params["choices"] <= 1:
+        return False
+    mine = (wd.scan("generations")
+            .filter((pl.col("teacher_kind") == kind) & (pl.col("model") == cfg.model)
+                    & (pl.col("prompt_version") == template.version_id)
+                    & (pl.col("params_json") == json.dumps(params, sort_keys=True))))
+    hits = mine.filter((pl.col("sample_index") > 0)
+                       | (pl.col("raw_output").is_not_null() & ~pl.col("raw_output").str.starts_with("[")))
+    return hits.select(pl.len()).collect().item() > 0
 
 
 def estimate(reqs: list[ChatRequest], sources: pl.DataFrame, cfg, template: PromptTemplate,
@@ -92,7 +122,38 @@ def generation_row(res: ChatResult, template: PromptTemplate, base: dict, price:
 def failure_row(res: ChatResult, kind: str, model: str, run_id: str, batch_id: str | None = None) -> dict:
     return {"request_id": res.request.request_id, "source_id": res.request.source_id, "teacher_kind": kind,
             "model": model, "error": res.error, "status_code": res.status_code, "attempts": res.attempts,
-            "batch_id": batch_id, "run_id": run_id, "at": time.time_ns()}
+            "batch_id": batch_id, "run_id": run_id, "at": time.time_ns(),
+            "failure_kind": res.failure_kind or "unknown"}
+
+
+class FailureTally:
+    """Failures of one run by kind and by cause: the stats' `failures_by_kind` and `top_failure`."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.causes: Counter[tuple[str, str]] = Counter()
+
+    def add(self, kind: str | None, error: str | None) -> None:
+        kind = kind or "unknown"
+        self.kinds[kind] += 1
+        self.causes[(kind, error or "unknown error")] += 1
+
+    def stats(self) -> dict:
+        top = self.causes.most_common(1)
+        return {"failures_by_kind": dict(self.kinds.most_common()),
+                "top_failure": ({"kind": top[0][0][0], "error": top[0][0][1], "count": top[0][1]} if top else None)}
+
+
+def open_failures(wd: Workdir) -> dict:
+    """Failed requests of the workdir with no stored response: {count, failures_by_kind, top_failure}."""
+    done = wd.scan("generations").select("request_id")
+    fails = (wd.scan("request_failures").join(done, on="request_id", how="anti")
+             .sort("at").group_by("request_id").agg(pl.all().last())
+             .select("failure_kind", "error").collect())
+    tally = FailureTally()
+    for kind, error in fails.iter_rows():
+        tally.add(kind, error)
+    return {"count": fails.height, **tally.stats()}
 
 
 def base_columns(cfg, template: PromptTemplate, kind: str, run_id: str) -> dict:
@@ -103,8 +164,9 @@ def base_columns(cfg, template: PromptTemplate, kind: str, run_id: str) -> dict:
             "run_id": run_id}
 
 
-def prepare(wd: Workdir, cfg, kind: str, moderated: set[str] | None = None) -> tuple:
-    """(template, sources, plan, done ids, failed ids, price) after folding leftover journals into the tables."""
+def prepare(wd: Workdir, cfg, kind: str, moderated: set[str] | None = None, split_n: bool = False) -> tuple:
+    """(template, sources, plan, done ids, failed ids, price) after folding leftover journals into the tables.
+    `split_n`: plan n requests of one choice where an earlier run found the server ignores `n`."""
     recover(wd, "generations")
     recover(wd, "request_failures")
     template = load_template(cfg.prompt)
@@ -113,7 +175,7 @@ def prepare(wd: Workdir, cfg, kind: str, moderated: set[str] | None = None) -> t
         sources = sources.filter(~pl.col("source_id").is_in(list(moderated)))
     if cfg.limit:
         sources = sources.head(cfg.limit)
-    reqs = plan(sources, cfg, template, kind)
+    reqs = plan(sources, cfg, template, kind, split_n and server_ignored_n(wd, cfg, template, kind))
     done = set(wd.scan("generations").select("request_id").collect().get_column("request_id"))
     failed = set(wd.scan("request_failures").select("request_id").collect().get_column("request_id")) - done
     prices = load_prices(cfg.price_file, cfg.prices)
@@ -185,7 +247,7 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
                   moderated: set[str] | None = None) -> dict:
     """Send every planned request whose response is not stored; returns counts, tokens, dollars, timings."""
     t0 = time.perf_counter()
-    template, sources, reqs, done, failed, price = prepare(wd, cfg, "openai", moderated)
+    template, sources, reqs, done, failed, price = prepare(wd, cfg, "openai", moderated, split_n=True)
     skip = done | (set() if cfg.retry_failed else failed)
     todo = [r for r in reqs if r.request_id not in skip]
     est = estimate(todo, sources, cfg, template, price, batch=False)
@@ -199,7 +261,24 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
         top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, structured_output=cfg.structured_output,
         list_mode=template.mode == "list", concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, backoff_max_s=cfg.backoff_max_s, rpm=cfg.rpm,
-        tpm=cfg.tpm, seed=cfg.seed or 0)
+        tpm=cfg.tpm, seed=cfg.seed or 0, max_tokens_field=cfg.max_tokens_field)
+    params = request_params(cfg, template)
+    issued = {r.request_id for r in reqs}
+    expanded: list[int] = [0]
+
+    def expand(req: ChatRequest) -> list[ChatRequest]:
+        """Samples 1..n-1 of a request the server answered with fewer than n choices (none already stored)."""
+        out = []
+        for k in range(1, cfg.n):
+            r = sample_request("openai", cfg, template, params, req.source_id, k, req.messages, 1)
+            if r.request_id not in issued and r.request_id not in skip:
+                issued.add(r.request_id)
+                r.est_prompt_tokens = req.est_prompt_tokens
+                out.append(r)
+        expanded[0] += len(out)
+        if out and task is not None:
+            progress.update(task, total=len(reqs) + expanded[0])
+        return out
     base = base_columns(cfg, template, "openai", run_id)
     spent0 = spent_usd(wd)
     budget = Budget(cfg.max_cost, spent0, price, cfg.max_new_tokens)
@@ -210,6 +289,7 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
         task = progress.add_task("generate", total=len(reqs), completed=stats["already_done"], unit="req",
                                  tokens=0, cost=0.0, projected=est["cost_usd_est"])
     gen_journal, fail_journal = Journal(wd, "generations"), Journal(wd, "request_failures")
+    tally = FailureTally()
 
     def on_result(res: ChatResult) -> None:
         counts["retries"] += max(0, res.attempts - 1)
@@ -227,6 +307,7 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
         else:
             fail_journal.write(failure_row(res, "openai", cfg.model, run_id))
             counts["failed"] += 1
+            tally.add(res.failure_kind, res.error)
             budget.settle(res.request, 0.0)
         if task is not None:
             finished = counts["generated"] + counts["failed"]
@@ -234,16 +315,21 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
             progress.update(task, advance=1, tokens=counts["prompt_tokens"] + counts["completion_tokens"],
                             cost=counts["cost_usd"], projected=projected if finished else est["cost_usd_est"])
 
+    split = template.mode == "single" and params["choices"] > 1
     try:
-        _run_async(teacher.run(todo, on_result, budget.admit))
+        _run_async(teacher.run(todo, on_result, budget.admit, expand if split else None))
     finally:
         gen_journal.close()
         fail_journal.close()
     counts["cost_usd"] = round(counts["cost_usd"], 6)
-    stats.update(counts, throttled=teacher.gate.throttled if teacher.gate else 0, model=cfg.model,
-                 base_url=teacher.base_url, prompt_version=template.version_id,
-                 structured_output=teacher.structured, structured_fallback=teacher.fallback_reason,
+    stats["planned"] += expanded[0]
+    stats["to_send"] += expanded[0]
+    stats.update(counts, **tally.stats(), throttled=teacher.gate.throttled if teacher.gate else 0, model=cfg.model,
+                 base_url=teacher.base_url, prompt_version=template.version_id, posts=teacher.posts,
+                 structured_output=teacher.structured, structured_output_fallback=teacher.fallback_reason,
+                 sampling_fallback=teacher.n_fallback, samples_added=expanded[0],
+                 max_tokens_fields=list(teacher.token_fields),
                  stopped_at_budget=budget.stopped, spent_total_usd=round(spent0 + counts["cost_usd"], 6),
-                 max_cost=cfg.max_cost, seconds=round(time.perf_counter() - t0, 3))
+                 max_cost=cfg.max_cost, on_failures=cfg.on_failures, seconds=round(time.perf_counter() - t0, 3))
     stats["requests_per_s"] = round((counts["generated"] + counts["failed"]) / max(stats["seconds"], 1e-9), 2)
     return stats
