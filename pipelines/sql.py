@@ -1,6 +1,11 @@
-"""Read-only SQL over the workdir's catalog: DuckDB views over the parquet tables."""
+"""Read-only SQL over the workdir's tables: DuckDB views over the parquet shards, confined to the workdir."""
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -9,6 +14,25 @@ from pipelines.store import Workdir
 from schemas.errors import QueryError
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
+_COMMENTS = re.compile(r"\s+|--[^\n]*(\n|$)|/\*.*?\*/", re.S)
+
+
+def _statement_name(st: duckdb.Statement) -> tuple[str, str]:
+    """(DuckDB's statement type, the statement as the user wrote it: its leading keyword(s), upper case)."""
+    try:
+        kind = str(st.type).rsplit(".", 1)[-1]
+    except ValueError:  # a statement type this duckdb's Python enum does not name (e.g. UPDATE EXTENSIONS)
+        kind = "UNKNOWN"
+    text = st.query
+    while (m := _COMMENTS.match(text)) and m.end() > 0:
+        text = text[m.end():]
+    words = re.findall(r"[A-Za-z_]+", text[:40])
+    word = words[0].upper() if words and text[:1].isalpha() else kind
+    if word == "FORCE" and len(words) > 1:
+        word = f"FORCE {words[1].upper()}"
+    elif word == "WITH":  # WITH ... INSERT: the CTE's statement
+        word = kind
+    return kind, word
 
 
 def check_read_only(query: str) -> None:
@@ -20,30 +44,90 @@ def check_read_only(query: str) -> None:
     if not statements:
         raise QueryError("SQL: empty statement; pass a SELECT, e.g. \"SELECT count(*) FROM sources\"")
     for st in statements:
-        kind = str(st.type).rsplit(".", 1)[-1]
+        kind, name = _statement_name(st)
         if kind not in _ALLOWED:
-            raise QueryError(f"SQL: {kind} statements are refused (the catalog is read-only); "
+            raise QueryError(f"SQL: {name} statements are refused (the catalog is read-only); "
                              "use SELECT, SHOW TABLES or DESCRIBE")
 
 
+def confine(con: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[str | Path]) -> None:
+    """Let `con` read files only under `allowed_dirs`, and lock that in.
+
+    After this the connection's SQL cannot read, glob, write or attach any other file, reach the network,
+    or install or load an extension, and cannot change a setting back (`lock_configuration`). Objects made
+    before the call (views over the allowed folders) keep working. The order matters: allowed_directories
+    must be set while external access is still on.
+    """
+    dirs = [str(Path(d).resolve()).rstrip("/") + "/" for d in allowed_dirs]
+    listed = ", ".join("'" + d.replace("'", "''") + "'" for d in dirs)
+    con.execute(f"SET allowed_directories = [{listed}]")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def connect(workdir: str | Workdir) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table of `workdir`, confined to its tables/ folder.
+
+    The views are built from where the workdir is now (not from catalog.duckdb's stored paths), so a copied,
+    moved or read-only workdir answers with its own rows.
+    """
+    wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    wd.require()
+    con = duckdb.connect(":memory:")
+    try:
+        for view, sql in wd.views().items():
+            con.execute(f'CREATE VIEW "{view}" AS {sql}')
+        confine(con, [wd.tables_dir])
+    except duckdb.Error as e:
+        con.close()
+        raise QueryError(f"{wd.tables_dir}: cannot read the tables ({str(e).splitlines()[0]})") from None
+    return con
+
+
+def _mend_catalog(wd: Workdir) -> None:
+    """Rewrite catalog.duckdb when it is missing or was written for another folder (a copy or a move), so a
+    plain DuckDB client reads this workdir too. Best effort: a read-only or busy catalog is left as it is."""
+    try:
+        if wd.catalog_is_current() is False:
+            wd.refresh_catalog(attempts=1)
+    except (duckdb.Error, OSError):
+        pass
+
+
 def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
-    """Run read-only SQL on the workdir's catalog and return the last statement's result as Polars."""
+    """Run read-only SQL on the workdir's tables and return the last statement's result as Polars.
+
+    The SQL sees the same views as catalog.duckdb (sources, generations, ..., `<table>_history`) and can read
+    no file outside the workdir's tables/ folder.
+    """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     wd.require()
     check_read_only(sql)
-    if not wd.catalog_path.exists():
-        wd.refresh_catalog()
-    try:
-        con = duckdb.connect(str(wd.catalog_path), read_only=True)
-    except duckdb.Error as e:
-        raise QueryError(f"{wd.catalog_path}: cannot open catalog ({str(e).splitlines()[0]})") from None
+    _mend_catalog(wd)
+    con = connect(wd)
     try:
         frame = pl.DataFrame()
         for st in duckdb.extract_statements(sql):
             rel = con.sql(st.query)
             frame = rel.pl() if rel is not None else pl.DataFrame()
         return frame
+    except duckdb.PermissionException as e:
+        raise QueryError(f"SQL: {str(e).splitlines()[0]} (paradistill sql reads only the workdir's tables)"
+                         ) from None
     except duckdb.Error as e:
         raise QueryError(f"SQL: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
+
+
+def frame_to_csv(df: pl.DataFrame) -> str:
+    """CSV text of `df` as Polars writes it, with list, array and struct columns as JSON text (nulls empty)."""
+    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    if nested:
+        df = df.with_columns(
+            pl.Series(c, [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                          for v in df.get_column(c).to_list()], dtype=pl.String)
+            for c in nested)
+    return df.write_csv()

@@ -19,6 +19,9 @@ import polars as pl
 from schemas.errors import StateError
 from schemas.tables import TABLES, VERSIONED, conform, empty_frame
 
+CATALOG_MARKER = "paradistill_catalog"  # a one-row view: the root the catalog's views were written for
+CATALOG_LAYOUT = 2  # bump when the views' SQL changes: older catalogs are rewritten by the next command
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp name in the same folder, fsync, rename: readers see the old or the new file."""
@@ -39,7 +42,8 @@ class Workdir:
     """One corpus project's store. Tables are read with Polars and queried through DuckDB views."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
+        self._given_root = Path(os.path.abspath(root))  # as spelled (through symlinks), for the catalog guard
+        self.root = self._given_root.resolve()
         if self.root.exists() and not self.root.is_dir():
             raise StateError(f"{root}: exists and is not a directory; choose another --workdir")
         self.tables_dir = self.root / "tables"
@@ -54,7 +58,7 @@ class Workdir:
         missing = [t for t in TABLES if not self.shards(t)]
         for table in missing:  # a zero-row shard: every view is a glob view from the start, never rewritten
             self._write_shard(table, empty_frame(table), "part-00000000000000000000-schema.parquet")
-        if missing or not self.catalog_path.exists():
+        if missing or not self.catalog_is_current():  # new tables, or a copied/moved/older catalog
             self.refresh_catalog()
         return self
 
@@ -146,17 +150,29 @@ class Workdir:
         return sorted(names)
 
     # -- catalog ---------------------------------------------------------------------------------------
-    def _view_sql(self, table: str) -> str:
+    def _read_sql(self, table: str) -> str:
         glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
-        return f"SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+        return f"read_parquet('{glob}', union_by_name=true)"
+
+    def _view_sql(self, table: str) -> str:
+        return f"SELECT * FROM {self._read_sql(table)}"
 
     def _views(self, table: str) -> dict[str, str]:
-        """View name -> SQL. A versioned table's view shows its current set; `<table>_history` shows all."""
+        """View name -> SQL. A versioned table's view shows its current set; `<table>_history` shows all.
+
+        `request_failures` shows the requests still failed (no generation since; the latest failure of each);
+        `request_failures_history` every failure row.
+        """
+        if table == "request_failures" and self.shards("generations"):
+            still = (f"SELECT f.* FROM {self._read_sql(table)} AS f WHERE NOT EXISTS (SELECT 1 FROM "
+                     f"{self._read_sql('generations')} AS g WHERE g.request_id = f.request_id) "
+                     "QUALIFY row_number() OVER (PARTITION BY f.request_id ORDER BY f.\"at\" DESC) = 1")
+            return {f"{table}_history": self._view_sql(table), table: still}
         if table not in VERSIONED:
             return {table: self._view_sql(table)}
         key = VERSIONED[table]
         current = (f"(SELECT set_id FROM ({self._view_sql('current_sets')}) WHERE \"table\" = '{table}' "
-                   "ORDER BY \"at\" DESC LIMIT 1)")
+                   "ORDER BY \"at\" DESC LIMIT 1)") if self.shards("current_sets") else "NULL"
         return {f"{table}_history": self._view_sql(table),
                 table: f"SELECT * FROM ({self._view_sql(table)}) WHERE {key} = {current}"}
 
@@ -174,12 +190,52 @@ class Workdir:
         set_id = self.current_set(table)
         return self.scan(table).filter(pl.col(VERSIONED[table]) == set_id).collect()
 
+    def views(self) -> dict[str, str]:
+        """Every view of the catalog (name -> SELECT) over this workdir's shards, built from where it is now."""
+        return {v: sql for t in self.table_names() if self.shards(t) for v, sql in self._views(t).items()}
+
+    def _guard(self) -> str:
+        """A condition that raises unless the database holding the view is this workdir's catalog file.
+
+        The stored views read absolute paths: a copied catalog would silently read the original's shards and
+        a moved one its old place. DuckDB reports the absolute path of every attached database file, so a view
+        compares it with the path it was written for, as resolved and as the caller spelled it (symlinks).
+        """
+        paths = sorted({str(self.catalog_path), str(self._given_root / "catalog.duckdb")})
+        listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        msg = (f"this catalog.duckdb was written for the workdir {self.root} and has been copied or moved: "
+               "run any paradistill command on the workdir it is in now (e.g. paradistill sql -w DIR "
+               "\"SHOW TABLES\") to rewrite its views, or query it with paradistill sql")
+        msg = msg.replace("'", "''")
+        return (f"(SELECT CASE WHEN count(*) > 0 THEN true ELSE error('{msg}') END "
+                f"FROM duckdb_databases() WHERE path IN ({listed}))")
+
+    def catalog_is_current(self) -> bool | None:
+        """True when catalog.duckdb's views were written for this folder by this layout; None if it is busy."""
+        if not self.catalog_path.exists():
+            return False
+        try:
+            con = duckdb.connect(str(self.catalog_path), read_only=True)
+        except duckdb.Error:  # a writer holds it, or it cannot be read: nothing to decide now
+            return None
+        try:
+            row = con.execute(f"SELECT root, layout FROM {CATALOG_MARKER}").fetchone()
+        except duckdb.Error:  # written before the marker existed
+            return False
+        finally:
+            con.close()
+        return row == (str(self.root), CATALOG_LAYOUT)
+
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """(Re)create one view per table. Holds the catalog only for that moment; retries if a reader has it.
 
-        Returns False (and leaves the old views, which still see new shards) if it stayed busy.
+        Every stored view carries a guard (see `_guard`) and the catalog records the root it was written for
+        in the `paradistill_catalog` view, so `create()` rewrites a copied or moved catalog.
+        Returns False (and leaves the old views, which still see new shards) if it stayed busy or unwritable.
         """
-        names = [t for t in self.table_names() if self.shards(t)]  # create() gives declared tables one
+        views = self.views()  # create() gives declared tables one shard
+        guard = self._guard()
+        root = str(self.root).replace("'", "''")
         for _ in range(attempts):
             try:
                 con = duckdb.connect(str(self.catalog_path))
@@ -187,9 +243,10 @@ class Workdir:
                 time.sleep(0.1)
                 continue
             try:
-                for t in names:
-                    for view, sql in self._views(t).items():
-                        con.execute(f'CREATE OR REPLACE VIEW "{view}" AS {sql}')
+                for view, sql in views.items():
+                    con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM ({sql}) WHERE {guard}')
+                con.execute(f"CREATE OR REPLACE VIEW {CATALOG_MARKER} AS "
+                            f"SELECT '{root}' AS root, {CATALOG_LAYOUT} AS layout")
             finally:
                 con.close()
             return True
