@@ -17,16 +17,24 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Build, curate, query and export paraphrase-distillation datasets.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+# User data (file names, texts, column names, SQL values) is printed as given: never read as markup or emoji.
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
+
+
+def _label(label: str, rest: str = "") -> Text:
+    """A bold label followed by plain (user) text."""
+    return Text.assemble((label, "bold"), rest)
 
 WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", "-w", envvar="PARADISTILL_WORKDIR",
                                                  help="Workdir (the store). Default: the recipe's.")]
+INTERRUPTED = 130  # Ctrl-C: the exit code shells use for SIGINT
 RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe YAML path or shipped name.")]
 
 
@@ -42,7 +50,9 @@ def _recipe_and_workdir(recipe: str | None, workdir: Path | None):
 
 def _print_frame(df, fmt: str) -> None:
     if fmt == "csv":
-        sys.stdout.write(df.write_csv())
+        from pipelines.sql import frame_to_csv
+
+        sys.stdout.write(frame_to_csv(df))
     elif fmt == "json":
         sys.stdout.write(json.dumps(df.to_dicts(), ensure_ascii=False, default=str, indent=1) + "\n")
     else:
@@ -52,7 +62,7 @@ def _print_frame(df, fmt: str) -> None:
         for row in df.iter_rows():
             table.add_row(*("NULL" if v is None else str(v) for v in row))
         out.print(table)
-        out.print(f"[dim]{df.height} row(s)[/dim]")
+        out.print(f"{df.height} row(s)", style="dim")
 
 
 @app.command()
@@ -76,7 +86,7 @@ def ingest(
               f"{s['quarantined']} -> {Path(wd).resolve()}")
     for p in s["inputs"]:
         if p.get("skipped"):
-            out.print(f"[dim]{p['input']}: already ingested with the same content and options; skipped[/dim]")
+            out.print(f"{p['input']}: already ingested with the same content and options; skipped", style="dim")
 
 
 @app.command()
@@ -126,7 +136,7 @@ def _print_teacher(s: dict) -> None:
                   f"prompt tokens {est['prompt_tokens']:,} (tiktoken), completion tokens "
                   f"~{est['completion_tokens_est']:,}, cost ~{cost}")
     if s.get("dry_run"):
-        out.print("[dim]dry run: nothing was sent[/dim]")
+        out.print("dry run: nothing was sent", style="dim")
         return
     if "generated" in s:
         line = f"{s['generated']} response(s) stored"
@@ -151,8 +161,15 @@ def candidates(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
 
     _, wd = _recipe_and_workdir(recipe, workdir)
     s = runner.candidates(wd)
-    out.print(f"{s['pairs']} pair(s) from {s['generations_in']} generation(s): {s['source_copies']} copy their "
-              f"source, {s['repeats']} repeat an earlier pair")
+    if s["generations_in"] == 0:
+        from pipelines.store import Workdir
+
+        w = Workdir(wd)
+        out.print(f"candidates are up to date: {w.count('candidates')} pair(s) from {w.count('generations')} "
+                  "generation(s); no new generations since the last build")
+        return
+    out.print(f"{s['pairs']} new pair(s) from {s['generations_in']} new generation(s): {s['source_copies']} copy "
+              f"their source, {s['repeats']} repeat an earlier pair")
 
 
 @app.command()
@@ -228,7 +245,7 @@ def _print_curation(res: dict) -> None:
             table.add_row(row["rule"], str(row["pairs_in"]), str(row["dropped"]), str(row["pairs_out"]))
         out.print(table)
     if "report" in res:
-        out.print(f"[bold]report[/bold] {res['report']['html']}")
+        out.print(_label("report", f" {res['report']['html']}"))
 
 
 @app.command()
@@ -338,10 +355,19 @@ def run(
         _print_teacher(res["teacher"])
         return
     st = res["stages"]
-    out.print(f"\n[bold]workdir[/bold] {res['workdir']}")
+    out.print()
+    out.print(_label("workdir", f" {res['workdir']}"))
     if "ingest" in st:
-        out.print(f"sources kept {st['ingest']['kept']} (quarantined {st['ingest']['quarantined']}, duplicates "
-                  f"{st['ingest']['duplicates']})")
+        from pipelines.store import Workdir
+
+        i = st["ingest"]
+        total = Workdir(res["workdir"]).count("sources")
+        line = f"sources {total} in the workdir"
+        if any(not p.get("skipped") for p in i["inputs"]):
+            line += f" ({i['kept']} new this run, {i['quarantined']} quarantined, {i['duplicates']} duplicates)"
+        else:
+            line += " (inputs already ingested; nothing new)"
+        out.print(line)
     if "generate" in st:
         g = st["generate"]
         out.print(f"requests {g.get('planned', g.get('contexts_planned'))} ({g.get('generated', 0)} new"
@@ -355,7 +381,7 @@ def run(
     if "export" in res:
         e = res["export"]
         note = " (unchanged, not re-exported)" if e.get("skipped") else ""
-        out.print(f"[bold]dataset[/bold] {e['path']}  version {e['version']}{note}")
+        out.print(_label("dataset", f" {e['path']}  version {e['version']}{note}"))
         out.print(f"  python -c \"import datasets; print(datasets.load_dataset('{e['path']}'))\"")
     curated = "curation" in res and "filter" in res["curation"]
     keep = ("JOIN decisions d USING (pair_id) WHERE d.kept" if curated
@@ -363,10 +389,10 @@ def run(
     sample = run_query(res["workdir"], "SELECT s.text AS source, c.paraphrase FROM candidates c JOIN sources s "
                                        f"USING (source_id) {keep} ORDER BY c.pair_id LIMIT 3")
     if sample.height:
-        out.print("[bold]sample kept pairs[/bold]" if curated else "[bold]sample pairs[/bold]")
+        out.print(_label("sample kept pairs" if curated else "sample pairs"))
         for src, para in sample.iter_rows():
             out.print(f"  {src}\n    -> {para}")
-    out.print("[bold]try SQL[/bold]")
+    out.print(_label("try SQL"))
     out.print(f"  paradistill sql -w {res['workdir']} \"SELECT rule, pairs_in, dropped, pairs_out FROM funnel "
               "ORDER BY step\"")
     if "train" in res:
@@ -446,7 +472,7 @@ def _print_training(res: dict) -> None:
     losses = res["losses"]
     state = ("already trained; nothing to do" if res.get("skipped")
              else f"{res['steps']} steps in {res['seconds']:.0f} s")
-    out.print(f"[bold]student[/bold] {res['output']} ({state})")
+    out.print(_label("student", f" {res['output']} ({state})"))
     if losses.get("val_step0") is not None:
         out.print(f"  validation loss {losses['val_step0']:.4f} at step 0 -> {losses['val_final']:.4f}")
     out.print(f"  paradistill evaluate --adapter {res['output']}")
@@ -505,12 +531,19 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True, highlight=False)
+        err.print(Text.assemble(("error:", "red"), f" {e}"))
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted; run the same command again to resume")
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C before Typer took over
+        _interrupted()
+    except SystemExit as e:
+        if e.code == INTERRUPTED:  # Typer turns a KeyboardInterrupt inside a verb into a silent exit 130
+            _interrupted()
+        raise
 
+
+def _interrupted() -> None:
+    err.print("interrupted; run the same command again to resume (nothing finished is lost)")
+    sys.exit(INTERRUPTED)
 
 if __name__ == "__main__":
     main()
