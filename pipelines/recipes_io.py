@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,14 +16,28 @@ RECIPES_DIR = Path(__file__).with_name("recipes")
 M = TypeVar("M", bound=BaseModel)
 
 
+def _shipped_tail(path: Path) -> Path | None:
+    """The shipped recipe that a missing path names by its package path's tail (`pipelines/recipes/demo.yaml`
+    or `recipes/demo.yaml` from outside the repository root), else None."""
+    shipped = RECIPES_DIR / path.name
+    if path.is_absolute() or path.suffix not in (".yaml", ".yml") or not shipped.is_file():
+        return None
+    tail = path.parts
+    return shipped if shipped.parts[-len(tail):] == tail else None
+
+
 def resolve_recipe_path(ref: str) -> Path:
-    """A path to a YAML file, or the name of a shipped recipe (`demo` -> pipelines/recipes/demo.yaml)."""
+    """A path to a YAML file, or the name of a shipped recipe (`demo` -> pipelines/recipes/demo.yaml); a shipped
+    recipe's package path (`pipelines/recipes/demo.yaml`) finds it from any current directory."""
     path = Path(ref)
     if path.is_file():
         return path
     shipped = RECIPES_DIR / f"{ref}.yaml"
     if not path.suffix and shipped.is_file():
         return shipped
+    tail = _shipped_tail(path)
+    if tail is not None:
+        return tail
     names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
     raise RecipeError(f"{ref}: no such recipe file (shipped recipes: {names})")
 
@@ -63,8 +78,31 @@ def parse_recipe(data: object, origin: str) -> Recipe:
     return validated(Recipe, data, origin)
 
 
+def resolve_workdir(written: str | None, name: str, base: Path, origin: str) -> str:
+    """The recipe's workdir as an absolute path.
+
+    A `workdir:` written in the recipe is relative to the recipe's folder, as `sources:` are. Without one, the
+    default `work/NAME` is made in the current directory (shipped recipes live in the package, which is no
+    project folder: `paradistill run demo` writes ./work/demo). Older versions read a written workdir from the
+    current directory: when only that folder exists, it is used, with a note on stderr.
+    """
+    if written is None:
+        return str((Path.cwd() / "work" / name).resolve())
+    path = Path(written).expanduser()
+    if path.is_absolute():
+        return str(path)
+    new, old = (base / path).resolve(), (Path.cwd() / path).resolve()
+    if new != old and not new.exists() and old.is_dir():
+        print(f"note: {origin}: using the existing workdir {written} under the current directory ({old}), as older "
+              f"versions did; a recipe's workdir: is now read from its folder ({new}): write an absolute path "
+              "to keep this one", file=sys.stderr)
+        return str(old)
+    return str(new)
+
+
 def load_recipe(ref: str) -> tuple[Recipe, Path]:
-    """The recipe and its folder (source paths in it are relative to that folder)."""
+    """The recipe and its folder: paths in it are relative to that folder (sources first, then the current
+    directory; the workdir: see `resolve_workdir`). The returned recipe's workdir is absolute."""
     path = resolve_recipe_path(ref)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -76,6 +114,8 @@ def load_recipe(ref: str) -> tuple[Recipe, Path]:
         raise RecipeError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
     recipe = parse_recipe(data, str(path))
     base = path.parent.resolve()
+    written = recipe.workdir if data.get("workdir") is not None else None
+    recipe.workdir = resolve_workdir(written, recipe.name, base, ref)
     for s in [*recipe.sources, *([recipe.teacher] if recipe.teacher.kind == "import" else [])]:
         p = Path(s.path)
         if not s.path.startswith("hf:") and not p.is_absolute() and (base / p).exists():

@@ -39,6 +39,7 @@ def resolve_adapter(ref: str | Path) -> Path:
 
 def default_output(dataset: str, version: str | None) -> Path:
     """students/NAME-VERSION for a dataset folder or Hub id."""
+    dataset = dataset.removeprefix("hf:")
     name = Path(dataset.rstrip("/")).name if Path(dataset).exists() else dataset.replace("/", "--")
     if Path(dataset).exists() and VERSION_RE.match(name):  # exports/NAME/VERSION
         name = Path(dataset.rstrip("/")).parent.name

@@ -4,7 +4,8 @@ Teacher = the dataset's targets. For every source, the student's first output an
 scored against the source (cosine, WPD, LD, TED-3/F, ROUGE-L, BLEU to the source), against the references
 (BLEU, leave-one-out for both sides: see `evaluate_outputs`), iBLEU = a BLEU(out, refs) - (1 - a)
 BLEU(out, source), and self-BLEU among the outputs of one source (the student's num_return_sequences
-outputs; the teacher's targets).
+outputs; the teacher's targets). For the teacher, self-BLEU and BLEU against the references are the same
+quantity (each target against the other targets of its source), so the two teacher cells always agree.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ METRICS = ("cosine", "wpd", "ld", "ted_3", "ted_f", "rouge_l", "bleu_src", "bleu
            "copy_rate")
 LABELS = {"cosine": "cosine (source)", "wpd": "WPD", "ld": "LD", "ted_3": "TED-3", "ted_f": "TED-F",
           "rouge_l": "ROUGE-L (source)", "bleu_src": "BLEU (source)", "bleu_ref": "BLEU (reference)",
-          "ibleu": "iBLEU", "self_bleu": "self-BLEU", "copy_rate": "copies of the source"}
+          "ibleu": "iBLEU", "self_bleu": "self-BLEU (teacher: = its BLEU (reference))",
+          "copy_rate": "copies of the source"}
+# The teacher's outputs are the references, so its self-BLEU (target j against the other targets of its source)
+# and its leave-one-out BLEU against the references (the same hypothesis, the same references) are one
+# quantity by definition; the student's two differ (its outputs vs each other; its output vs the targets).
+# The label says so rather than show one number twice as if it were two findings.
 
 
 def load_student(loadable: str, adapter: str, fmt: StudentFormat):

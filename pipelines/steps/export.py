@@ -113,6 +113,25 @@ Filter set `{cur['filter_id']}`, score set `{cur['score_set']}`, dedup set `{cur
 """
 
 
+# stages that read the corpus without changing its pairs: a run that did only these did not make the export
+_READ_ONLY_STAGES = {"export", "report", "train", "evaluate"}
+
+
+def _making_runs(wd: Workdir) -> list[dict]:
+    """The runs that built the corpus, oldest first; a command rerun with the same recipe counts once (its last)."""
+    runs: dict[tuple, dict] = {}
+    for m in latest_manifests(wd):
+        if not set(m.get("stages") or {}) - _READ_ONLY_STAGES:
+            continue
+        recipe = m.get("recipe") or {}
+        key = (m.get("command"), m.get("recipe_hash"))
+        runs.pop(key, None)  # keep the order of last occurrences
+        runs[key] = {"run_id": m.get("run_id"), "command": m.get("command"), "recipe": recipe.get("name"),
+                     "recipe_hash": m.get("recipe_hash"), "package_version": m.get("package_version"),
+                     "status": m.get("status")}
+    return list(runs.values())
+
+
 def _lineage(wd: Workdir) -> dict:
     counts = {t: wd.count(t) for t in ("sources", "quarantine", "source_duplicates", "generations",
                                        "candidates")}
@@ -122,10 +141,39 @@ def _lineage(wd: Workdir) -> dict:
     counts["source_copies"] = cands.filter(pl.col("is_source_copy")).select(pl.len()).collect().item()
     counts["repeats"] = cands.filter(pl.col("is_repeat")).select(pl.len()).collect().item()
     teachers = gens.select("model", "prompt_version").unique().sort("model", "prompt_version").collect()
-    runs = [m for m in latest_manifests(wd) if "generate" in m.get("stages", {})]
-    last = runs[-1] if runs else {}
+    runs = _making_runs(wd)
+    last = next((r for r in reversed(runs) if r["recipe_hash"]), runs[-1] if runs else {})
     return {"counts": counts, "teachers": teachers.to_dicts(), "recipe_hash": last.get("recipe_hash"),
-            "run_id": last.get("run_id"), "package_version": last.get("package_version"), "curation": _curation(wd)}
+            "run_id": last.get("run_id"), "package_version": last.get("package_version"), "runs": runs,
+            "curation": _curation(wd)}
+
+
+def made_by(lineage: dict) -> str:
+    """One card line saying what made the corpus: the recipe run, or the stages run one by one (never `None`)."""
+    runs = lineage.get("runs")
+    if runs is None and lineage.get("run_id"):  # lineage written before `runs` was recorded
+        runs = [{"run_id": lineage["run_id"], "command": "run", "recipe": None,
+                 "recipe_hash": lineage.get("recipe_hash"), "package_version": lineage.get("package_version")}]
+    if not runs:
+        return "- made by: no run manifest in the workdir (its tables were written outside paradistill's runs)"
+    versions = ", ".join(sorted({r["package_version"] for r in runs if r.get("package_version")})) or "(unknown)"
+    parts = []
+    for r in runs:
+        command = r.get("command") or "run"
+        if command.startswith("run") and r.get("recipe_hash"):
+            what = f"recipe `{r['recipe']}`" if r.get("recipe") else "a recipe"
+        else:
+            what = f"`{command}`" + (f" with recipe `{r['recipe']}`" if r.get("recipe") else "")
+        detail = [f"hash `{r['recipe_hash']}`"] if r.get("recipe_hash") else []
+        detail.append(f"run `{r['run_id']}`")
+        if r.get("status") not in (None, "complete", "running"):
+            detail.append(str(r["status"]))
+        parts.append(f"{what} ({', '.join(detail)})")
+    if not any(r.get("recipe_hash") for r in runs):
+        return f"- built stage by stage with paradistill {versions}: " + ", ".join(parts)
+    if len(parts) == 1:
+        return f"- made by {parts[0]} with paradistill {versions}"
+    return f"- made by paradistill {versions}, in order: " + "; ".join(parts)
 
 
 def _card_body(name: str, version: str, lineage: dict, frames: dict[str, pl.DataFrame]) -> str:
@@ -149,7 +197,7 @@ Assigned by hashing the source id, so every paraphrase of one source is in one s
 Teacher:
 {teachers or "- (none)"}
 
-- recipe hash: `{lineage['recipe_hash']}` (run `{lineage['run_id']}`, paradistill {lineage['package_version']})
+{made_by(lineage)}
 
 | stage | rows |
 |---|---|
