@@ -198,7 +198,6 @@ def test_frame_to_csv_writes_nested_columns_as_json():
     assert frame_to_csv(pl.DataFrame({"n": [30]})) == pl.DataFrame({"n": [30]}).write_csv()
 
 
-@pytest.mark.xfail(strict=True, reason="until pipelines/cli.py _print_frame writes CSV with sql.frame_to_csv")
 def test_sql_csv_of_a_list_column(work):
     with Workdir(work) as wd:
         wd.append("generations", _rows("generations", [{"request_id": "r1", "items": ["a", "b"]}]))
