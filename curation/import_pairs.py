@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from curation.ingest import MISSING, _preview
-from curation.text import normalize, request_id, text_id
+from curation.ingest import MISSING, _preview, _surrogate_problem
+from curation.text import control_problem, normalize, request_id, text_id
 from schemas.tables import GENERATIONS, conform, empty_frame
 
 TEACHER_KIND = "import"
@@ -109,6 +109,11 @@ def _check_list(items: list, raw: str) -> ParsedParaphrases:
     return ParsedParaphrases("list", [("" if it is None else it) for it in items], raw, None)
 
 
+def _text_problem(text: str, column: str) -> str | None:
+    """A lone surrogate (cannot be stored as UTF-8) or a NUL / control character: the row is quarantined."""
+    return _surrogate_problem(text, column) or control_problem(text)
+
+
 @dataclass
 class ImportResult:
     """Frames conforming to `schemas.tables` (sources, quarantine, generations) and per-import counts."""
@@ -172,6 +177,10 @@ def import_rows(records: pl.DataFrame, source_column: str, paraphrase_column: st
         if not isinstance(src, str):
             bad(i, source_column, f"source is {_type_name(src)}, expected string", src)
             continue
+        unusable = _text_problem(src, source_column)
+        if unusable:
+            bad(i, source_column, unusable, src)
+            continue
         text = normalize(src)
         if not text:
             bad(i, source_column, "empty source", src)
@@ -185,6 +194,10 @@ def import_rows(records: pl.DataFrame, source_column: str, paraphrase_column: st
         if parsed.problem:
             reason = (f"missing field {paraphrase_column!r}" if value is MISSING else parsed.problem)
             bad(i, paraphrase_column, reason, None if value is MISSING else parsed.raw_output or value)
+            continue
+        unusable = next(filter(None, (_text_problem(it, paraphrase_column) for it in parsed.items)), None)
+        if unusable:
+            bad(i, paraphrase_column, unusable, parsed.raw_output or value)
             continue
         items = [normalize(it) for it in parsed.items]
         kept = [it for it in items if it]

@@ -7,12 +7,16 @@ sources, duplicates of known sources, and quarantined rows.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from curation.text import normalize_expr, text_id
+from curation.text import CONTROL_PATTERN, control_problem, normalize_expr, text_id
 from schemas.errors import InputError, first_line
 
 RAW_SCHEMA = {
@@ -29,7 +33,7 @@ _DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv")
 
 
 def _preview(value: object, limit: int = 200) -> str:
-    s = value if isinstance(value, str) else repr(value)
+    s = _safe(value) if isinstance(value, str) else repr(value)
     return s if len(s) <= limit else s[:limit] + "..."
 
 
@@ -37,17 +41,83 @@ def _raw(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
 
 
+def _utf16_codec(data: bytes) -> str | None:
+    """'utf-16' (with a BOM), 'utf-16-le'/'utf-16-be' (mostly-ASCII text without one: a NUL in every other
+    byte), or None for anything else."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    sample = data[:4096]
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    for codec, zeros, chars in (("utf-16-le", odd, even), ("utf-16-be", even, odd)):
+        if zeros.count(0) >= 0.9 * len(zeros) and chars.count(0) <= 0.02 * len(chars):
+            return codec
+    return None
+
+
+def _looks_binary(sample: bytes) -> bool:
+    """NUL bytes plus invalid UTF-8, or NUL bytes on most lines: a binary file, not text with a stray NUL."""
+    if b"\x00" not in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(sample) - 3:  # not just a character cut at the sample's end
+            return True
+    lines = sample.split(b"\n")
+    return sum(b"\x00" in ln for ln in lines) * 2 > len(lines)
+
+
 def _read_bytes(path: Path) -> bytes:
+    """The file as UTF-8 bytes: a UTF-8 BOM dropped, UTF-16 decoded; empty and binary files raise InputError.
+
+    A file of only whitespace is returned as is: each of its lines is quarantined as an empty line.
+    """
     try:
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read file ({e.strerror or e}); check its permissions") from None
-    if not data.strip():
-        raise InputError(f"{path}: file is empty; nothing to ingest")
-    nul = data.find(b"\x00", 0, 65536)
-    if nul >= 0:
+    if not data:
+        raise InputError(f"{path}: file is empty (0 bytes); nothing to ingest")
+    if data.startswith(codecs.BOM_UTF8):
+        return data[len(codecs.BOM_UTF8):]
+    codec = _utf16_codec(data)
+    if codec is not None:
+        try:
+            return data.decode(codec).encode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: is UTF-16 text but does not decode at byte {e.start} ({e.reason}); convert "
+                             f"it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {path} > {path}.utf8.txt") from None
+    sample = data[:65536]
+    if _looks_binary(sample):
+        nul = sample.find(b"\x00")
         raise InputError(f"{path}: looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
     return data
+
+
+def _json_problem(line: bytes, e: json.JSONDecodeError) -> str:
+    if not line.strip():
+        return "empty line"
+    msg = e.msg if e.msg.endswith(" at") else e.msg + " at"  # "Unterminated string starting at"
+    return f"invalid JSON ({msg} column {e.colno})"
+
+
+def _surrogate_problem(value: str, field: str) -> str | None:
+    """A lone surrogate (a JSON escape such as \\ud800 without its pair) cannot be stored as UTF-8."""
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"field {field!r} holds a lone surrogate \\u{ord(value[e.start]):04x} at character {e.start + 1} "
+                "(invalid Unicode, from a JSON escape without its pair); fix or remove it")
+    return None
+
+
+def _safe(value: str) -> str:
+    """`value` with lone surrogates written as \\udXXX escapes, so it can be stored and shown."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -82,8 +152,7 @@ def read_jsonl(path: Path, text_column: str) -> pl.DataFrame:
             rows.append((origin, i, text_column, _preview(line), f"undecodable bytes (not UTF-8) at byte {e.start}"))
             continue
         except json.JSONDecodeError as e:
-            problem = "empty line" if not line.strip() else f"invalid JSON ({e.msg} at column {e.colno})"
-            rows.append((origin, i, text_column, _preview(line.decode("utf-8", "replace")), problem))
+            rows.append((origin, i, text_column, _preview(line.decode("utf-8", "replace")), _json_problem(line, e)))
             continue
         if not isinstance(obj, dict):
             rows.append((origin, i, text_column, _preview(obj), f"expected a JSON object, got {type(obj).__name__}"))
@@ -98,6 +167,10 @@ def read_jsonl(path: Path, text_column: str) -> pl.DataFrame:
             problem = "empty text (null)" if value is None else f"field is {type(value).__name__}, expected string"
             rows.append((origin, i, text_column, _preview(value), problem))
             continue
+        bad_unicode = _surrogate_problem(value, text_column) if b"\\u" in line else None
+        if bad_unicode:
+            rows.append((origin, i, text_column, _preview(value), bad_unicode))
+            continue
         rows.append((origin, i, text_column, value, None if value.strip() else "empty text"))
     if not has_column and seen_fields:
         raise InputError(
@@ -107,8 +180,11 @@ def read_jsonl(path: Path, text_column: str) -> pl.DataFrame:
     return _raw(rows)
 
 
-def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str) -> pl.DataFrame:
-    """Raw rows from one column of a frame: nulls, blanks and U+FFFD (lossy decoding) get a problem."""
+def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str,
+                 rows: list[int] | None = None) -> pl.DataFrame:
+    """Raw rows from one column of a frame: nulls, blanks and U+FFFD (lossy decoding) get a problem.
+
+    `rows`: each row's number in the input (default 1, 2, ...), when some input rows were set aside."""
     if text_column not in df.columns:
         cols = ", ".join(df.columns[:12])
         raise InputError(f"{origin}: no column {text_column!r} (columns: {cols}); pass --text-column")
@@ -116,9 +192,11 @@ def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str) -> 
     if dtype not in (pl.String, pl.Categorical, pl.Null) and not isinstance(dtype, pl.Enum):
         raise InputError(f"{origin}: {what} {text_column!r} holds {dtype}, not text; pass --text-column")
     col = df.get_column(text_column).cast(pl.String)
-    return pl.DataFrame({"value": col}).with_row_index("origin_row", offset=1).select(
+    numbers = (pl.Series("origin_row", rows, dtype=pl.Int64) if rows is not None
+               else pl.int_range(1, df.height + 1, eager=True, dtype=pl.Int64).alias("origin_row"))
+    return pl.DataFrame({"value": col, "origin_row": numbers}).select(
         pl.lit(origin).alias("origin"),
-        pl.col("origin_row").cast(pl.Int64),
+        pl.col("origin_row"),
         pl.lit(text_column).alias("field"),
         pl.col("value"),
         pl.when(pl.col("value").is_null()).then(pl.lit("empty text (null)"))
@@ -130,19 +208,70 @@ def _column_rows(df: pl.DataFrame, origin: str, text_column: str, what: str) -> 
     )
 
 
-def _csv_frame(path: Path) -> pl.DataFrame:
+@dataclass
+class _CsvTable:
+    """A CSV/TSV read as text: `frame`, each frame row's record number (None: 1, 2, ...) and the records set
+    aside as (record number, reason, raw text) because they have more fields than the header."""
+
+    frame: pl.DataFrame
+    rows: list[int] | None = None
+    ragged: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def _csv_fallback(data: bytes, sep: str) -> _CsvTable:
+    """The Python csv reader, record by record, for a file Polars refuses: a record with more fields than the
+    header is set aside with its number; a shorter one is padded with nulls (as Polars reads it)."""
+    csv.field_size_limit(1 << 30)
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""), delimiter=sep)
+    header = next(reader, [])
+    names: list[str] = []
+    for i, name in enumerate(header):
+        names.append(name if name not in names else f"{name}_duplicated_{i}")
+    width = len(names)
+    values: list[list[str | None]] = []
+    rows: list[int] = []
+    ragged: list[tuple[int, str, str]] = []
+    start = reader.line_num + 1
+    for n, record in enumerate(reader, start=1):
+        if len(record) > width:
+            where = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
+            ragged.append((n, f"record has {len(record)} fields, the header has {width} ({where}); "
+                              "quote the field that holds the separator", sep.join(record)))
+        else:
+            values.append([v if v != "" else None for v in record] + [None] * (width - len(record)))
+            rows.append(n)
+        start = reader.line_num + 1
+    frame = pl.DataFrame(values, schema={c: pl.String for c in names}, orient="row")
+    return _CsvTable(frame, rows, ragged)
+
+
+def _csv_frame(path: Path) -> _CsvTable:
     """A CSV/TSV read with every column as text; an unreadable file is one InputError line."""
-    _read_bytes(path)
+    data = _read_bytes(path)
+    if not data.strip():
+        raise InputError(f"{path}: holds only whitespace (no header row); nothing to ingest")
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        return pl.read_csv(path, infer_schema=False, encoding="utf8-lossy",
-                           separator="\t" if path.suffix.lower() == ".tsv" else ",")
+        return _CsvTable(pl.read_csv(io.BytesIO(data), infer_schema=False, encoding="utf8-lossy", separator=sep))
     except Exception as e:  # polars raises several error types for malformed CSV
-        raise InputError(f"{path}: not a readable CSV ({first_line(e)})") from None
+        error = first_line(e)
+    try:
+        table = _csv_fallback(data, sep)
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from None
+    if not table.ragged:
+        raise InputError(f"{path}: not a readable CSV ({error})")
+    return table
 
 
 def read_csv(path: Path, text_column: str) -> pl.DataFrame:
-    """A CSV/TSV with a header row; every column read as text."""
-    return _column_rows(_csv_frame(path), str(path), text_column, "column")
+    """A CSV/TSV with a header row; every column read as text; a record with too many fields is a problem row."""
+    table = _csv_frame(path)
+    rows = _column_rows(table.frame, str(path), text_column, "column", table.rows)
+    if not table.ragged:
+        return rows
+    bad = _raw([(str(path), n, text_column, _preview(raw), reason) for n, reason, raw in table.ragged])
+    return pl.concat([rows, bad]).sort("origin_row")
 
 
 def read_parquet(path: Path, text_column: str) -> pl.DataFrame:
@@ -291,7 +420,8 @@ def read_records(ref: str, columns: list[str], split: str = "train", hints: dict
     """Rows of several columns from a .jsonl/.csv/.tsv/.parquet file, dataset folder or Hub id.
 
     Returns `_origin`, `_origin_row` (1-based), `_problem` (a row the format could not deliver: broken JSON
-    line, undecodable CSV bytes; null otherwise), `_raw` (a preview of a broken JSON line) and each requested column
+    line, a CSV record with more fields than its header, undecodable CSV bytes; null otherwise), `_raw` (a preview
+    of a broken line) and each requested column
     as the format typed it (CSV: strings; Parquet/HF: their dtypes, lists stay lists; JSON Lines: Python
     objects, `MISSING` where a line lacks the field). A column absent from the whole input raises `InputError`
     listing the available ones; `hints`
@@ -311,9 +441,17 @@ def read_records(ref: str, columns: list[str], split: str = "train", hints: dict
         return _typed_records(df, origin, columns, lossy=False)
     path = Path(target)
     if kind == "csv":
-        df = _csv_frame(path)
-        _require_columns(str(path), df.columns, columns, hints)
-        return _typed_records(df, str(path), columns, lossy=True)
+        table = _csv_frame(path)
+        _require_columns(str(path), table.frame.columns, columns, hints)
+        records = _typed_records(table.frame, str(path), columns, lossy=True)
+        if not table.ragged:
+            return records
+        records = records.with_columns(_origin_row=pl.Series(table.rows, dtype=pl.Int64))
+        n, reasons, raw = zip(*table.ragged, strict=True)
+        bad = pl.DataFrame({"_origin": [str(path)] * len(n), "_origin_row": pl.Series(n, dtype=pl.Int64),
+                            "_problem": pl.Series(reasons, dtype=pl.String),
+                            "_raw": pl.Series([_preview(r) for r in raw], dtype=pl.String)})
+        return pl.concat([records, bad], how="diagonal").sort("_origin_row")
     if kind == "parquet":
         try:
             available = list(pl.read_parquet_schema(path))
@@ -340,7 +478,7 @@ def _jsonl_records(path: Path, columns: list[str], hints: dict[str, str]) -> pl.
         except UnicodeDecodeError as e:
             problem = f"undecodable bytes (not UTF-8) at byte {e.start}"
         except json.JSONDecodeError as e:
-            problem = "empty line" if not line.strip() else f"invalid JSON ({e.msg} at column {e.colno})"
+            problem = _json_problem(line, e)
         if problem is None and not isinstance(obj, dict):
             problem = f"expected a JSON object, got {type(obj).__name__}"
         problems.append(problem)
@@ -362,6 +500,16 @@ def _jsonl_records(path: Path, columns: list[str], hints: dict[str, str]) -> pl.
                           raws)
 
 
+def _control_reasons(values: pl.Series) -> pl.Series:
+    """Per value, why a NUL byte or another control character refuses it (null for ordinary text)."""
+    flagged = values.str.contains(CONTROL_PATTERN).fill_null(False)
+    reasons = pl.Series("control", [None] * values.len(), dtype=pl.String)
+    if flagged.any():
+        idx = flagged.arg_true()
+        reasons = reasons.scatter(idx, [control_problem(v) for v in values.gather(idx).to_list()])
+    return reasons
+
+
 def prepare_sources(raw: pl.DataFrame, max_chars: int, known_ids: set[str], ingest_id: str
                     ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Split raw rows into (new sources, duplicate rows, quarantined rows); every raw row lands in one.
@@ -369,10 +517,11 @@ def prepare_sources(raw: pl.DataFrame, max_chars: int, known_ids: set[str], inge
     Texts are NFC + whitespace normalised and named by content id; the first occurrence of a text is kept,
     later ones (and texts already in `known_ids`) are duplicates.
     """
-    df = raw.with_columns(text=normalize_expr("value")).with_columns(
+    df = raw.with_columns(text=normalize_expr("value"), control=_control_reasons(raw.get_column("value"))).with_columns(
         n_chars=pl.col("text").str.len_chars().cast(pl.Int64),
     ).with_columns(
         problem=pl.when(pl.col("problem").is_not_null()).then(pl.col("problem"))
+        .when(pl.col("control").is_not_null()).then(pl.col("control"))
         .when(pl.col("n_chars") > max_chars)
         .then(pl.format("text is {} characters, over max_chars={}; raise ingest.max_chars or split it",
                         pl.col("n_chars"), pl.lit(max_chars)))

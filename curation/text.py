@@ -44,3 +44,23 @@ def normalize_expr(col: str) -> pl.Expr:
     """Vectorised `normalize` for a Polars string column (NFC + whitespace collapse + strip)."""
     return pl.col(col).str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
 
+
+
+# C0 control characters other than whitespace (tab, newline, vertical tab, form feed, carriage return), and DEL:
+# a NUL or an escape code in a text is damage from a binary or terminal export, never content to paraphrase.
+CONTROL_PATTERN = r"[\x00-\x08\x0e-\x1f\x7f]"
+_CONTROL = re.compile(CONTROL_PATTERN)
+
+
+def control_problem(text: str) -> str | None:
+    """Why a text with a NUL byte or another control character is refused (None for ordinary text)."""
+    m = _CONTROL.search(text)
+    if m is None:
+        return None
+    return control_reason(m.group(), m.start() + 1)
+
+
+def control_reason(char: str, position: int | None = None) -> str:
+    at = f" at character {position}" if position is not None else ""
+    what = "a NUL byte (U+0000)" if char == "\x00" else f"a control character (U+{ord(char):04X})"
+    return f"contains {what}{at}; remove it or fix the export that wrote it"
