@@ -67,33 +67,58 @@ def confine(con: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[str | Path]) 
     con.execute("SET lock_configuration = true")
 
 
-def connect(workdir: str | Workdir) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table of `workdir`, confined to its tables/ folder.
+def _attach_catalog(con: duckdb.DuckDBPyConnection, wd: Workdir) -> bool | None:
+    """Use catalog.duckdb's views when they were written for this folder (their paths are this workdir's).
 
-    The views are built from where the workdir is now (not from catalog.duckdb's stored paths), so a copied,
-    moved or read-only workdir answers with its own rows.
+    True: in use. False: missing or written for another folder (a copy, a move) or an older layout.
+    None: busy or unreadable.
+    """
+    if not wd.catalog_path.exists():
+        return False
+    path = str(wd.catalog_path).replace("'", "''")
+    try:
+        con.execute(f"ATTACH '{path}' AS \"catalog\" (READ_ONLY)")
+    except duckdb.Error:  # a writer holds it for a moment, or it is damaged: the in-memory views serve
+        return None
+    if wd.catalog_matches(con, "catalog"):
+        con.execute('USE "catalog"')
+        return True
+    con.execute('DETACH "catalog"')
+    return False
+
+
+def _mend_catalog(wd: Workdir) -> None:
+    """Rewrite catalog.duckdb (missing, or written for another folder), so a plain DuckDB client reads this
+    workdir too. Best effort: a read-only or busy catalog is left as it is (paradistill sql does not need it)."""
+    try:
+        wd.refresh_catalog(attempts=1)
+    except (duckdb.Error, OSError):
+        pass
+
+
+def connect(workdir: str | Workdir, mend: bool = True) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose views read `workdir`'s tables, confined to its tables/ folder (see `confine`).
+
+    It uses catalog.duckdb when the catalog was written for the folder the workdir is in now; otherwise (a copy
+    or a move, a read-only or busy catalog) it builds the same views in memory from where the workdir is, so
+    the SQL always reads this workdir's rows, never another folder's. With `mend`, a catalog written for
+    another folder is also rewritten on the way (when it can be) for plain DuckDB clients.
     """
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     wd.require()
     con = duckdb.connect(":memory:")
     try:
-        for view, sql in wd.views().items():
-            con.execute(f'CREATE VIEW "{view}" AS {sql}')
+        attached = _attach_catalog(con, wd)
+        if not attached:
+            if attached is False and mend:
+                _mend_catalog(wd)
+            for view, sql in wd.views().items():
+                con.execute(f'CREATE VIEW "{view}" AS {sql}')
         confine(con, [wd.tables_dir])
     except duckdb.Error as e:
         con.close()
         raise QueryError(f"{wd.tables_dir}: cannot read the tables ({str(e).splitlines()[0]})") from None
     return con
-
-
-def _mend_catalog(wd: Workdir) -> None:
-    """Rewrite catalog.duckdb when it is missing or was written for another folder (a copy or a move), so a
-    plain DuckDB client reads this workdir too. Best effort: a read-only or busy catalog is left as it is."""
-    try:
-        if wd.catalog_is_current() is False:
-            wd.refresh_catalog(attempts=1)
-    except (duckdb.Error, OSError):
-        pass
 
 
 def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
@@ -105,7 +130,6 @@ def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     wd.require()
     check_read_only(sql)
-    _mend_catalog(wd)
     con = connect(wd)
     try:
         frame = pl.DataFrame()

@@ -210,6 +210,17 @@ class Workdir:
         return (f"(SELECT CASE WHEN count(*) > 0 THEN true ELSE error('{msg}') END "
                 f"FROM duckdb_databases() WHERE path IN ({listed}))")
 
+    def catalog_matches(self, con: duckdb.DuckDBPyConnection, database: str) -> bool:
+        """Whether the catalog attached to `con` as `database` was written for this folder, by this layout, and
+        has a view for every table that has shards."""
+        try:
+            row = con.execute(f'SELECT root, layout FROM "{database}".{CATALOG_MARKER}').fetchone()
+            names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE database_name = ?",
+                                               [database]).fetchall()}
+        except duckdb.Error:  # written before the marker existed
+            return False
+        return row == (str(self.root), CATALOG_LAYOUT) and set(self.views()) <= names
+
     def catalog_is_current(self) -> bool | None:
         """True when catalog.duckdb's views were written for this folder by this layout; None if it is busy."""
         if not self.catalog_path.exists():
@@ -219,12 +230,10 @@ class Workdir:
         except duckdb.Error:  # a writer holds it, or it cannot be read: nothing to decide now
             return None
         try:
-            row = con.execute(f"SELECT root, layout FROM {CATALOG_MARKER}").fetchone()
-        except duckdb.Error:  # written before the marker existed
-            return False
+            database = con.execute("SELECT current_database()").fetchone()[0]
+            return self.catalog_matches(con, database)
         finally:
             con.close()
-        return row == (str(self.root), CATALOG_LAYOUT)
 
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """(Re)create one view per table. Holds the catalog only for that moment; retries if a reader has it.

@@ -208,3 +208,19 @@ def test_sql_csv_of_a_list_column(work):
 def test_query_errors_are_query_errors(work):
     with pytest.raises(QueryError, match="Permission Error"):
         query(work, "SELECT * FROM read_text('/etc/hostname')")
+
+
+def test_views_built_in_memory_answer_like_the_stored_catalog(work, tmp_path):
+    """The copy (views built from where it is) and the original (its catalog) list and count the same."""
+    with Workdir(work) as wd:
+        wd.append("request_failures", _rows("request_failures", [{"request_id": "r9", "at": 1}]))
+        wd.make_current("scores", "none")
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy, symlinks=True)
+    (copy / "catalog.duckdb").unlink()
+    (copy / "catalog.duckdb").mkdir()  # cannot be rewritten: the views are built in memory
+    names = [v for v in query(work, "SHOW TABLES").get_column("name") if v != "paradistill_catalog"]
+    assert "request_failures_history" in names and "scores_history" in names
+    assert query(copy, "SHOW TABLES").get_column("name").to_list() == names
+    counts = " UNION ALL ".join(f"SELECT '{v}', count(*) FROM \"{v}\"" for v in names)
+    assert query(copy, counts).rows() == query(work, counts).rows() == _plain(work, counts)
