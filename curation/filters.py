@@ -6,6 +6,10 @@ came in, were dropped there first, and went out.
 
 from __future__ import annotations
 
+import json
+import re
+
+import duckdb
 import polars as pl
 
 from schemas.errors import RecipeError, first_line
@@ -21,7 +25,75 @@ DEDUP_STEPS = {
 }
 
 
+_EXPR_HELP = ("a filter expression uses only score columns, constants, operators and scalar functions, "
+              "e.g. 'wpd + ld > 0.3'")
+# Words that open a query or name a table: Polars SQL runs a subquery (and its read_csv/read_parquet table
+# functions) while it *parses* an expression, so these are refused on the text before anything parses it.
+_QUERY_WORDS = re.compile(r"\b(select|from|values|with|table|(?:read|scan)_\w+)\b", re.IGNORECASE)
+_DISTINCT_FROM = re.compile(r"\bis\s+(?:not\s+)?distinct\s+from\b", re.IGNORECASE)
+
+
+def _refuse(what: str, text: str, found: str) -> RecipeError:
+    return RecipeError(f"{what}: {text!r} contains {found}, which is not allowed; {_EXPR_HELP}")
+
+
+def _walk_ast(node: object, what: str, text: str) -> None:
+    """Refuse subqueries, FROM clauses and table functions anywhere in a DuckDB-serialised parse tree."""
+    if isinstance(node, list):
+        for item in node:
+            _walk_ast(item, what, text)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("class") == "SUBQUERY":
+        raise _refuse(what, text, "a subquery")
+    if node.get("type") in ("TABLE_FUNCTION", "BASE_TABLE", "JOIN", "SUBQUERY"):
+        raise _refuse(what, text, "a table reference")
+    name = node.get("function_name")
+    if isinstance(name, str) and name.lower().startswith(("read_", "scan_")):
+        raise _refuse(what, text, f"the table function {name}()")
+    for value in node.values():
+        _walk_ast(value, what, text)
+
+
+def check_expression(text: str, what: str) -> None:
+    """Refuse, before any SQL engine evaluates it, an `expr`/`by` that is not one expression over columns.
+
+    Two independent checks, both parse-only: the words that open a query or name a table (SELECT, FROM,
+    VALUES, WITH, TABLE, read_*/scan_*), then DuckDB's parser (`json_serialize_sql` parses, never binds or
+    runs) for one SELECT of one expression with no FROM, WHERE, GROUP BY, subquery or table function.
+    """
+    m = _QUERY_WORDS.search(_DISTINCT_FROM.sub(" ", text))
+    if m:
+        word = m.group(1)
+        found = (f"the table function {word}()" if word.lower().startswith(("read_", "scan_"))
+                 else f"{word.upper()} (a subquery or table reference)")
+        raise _refuse(what, text, found)
+    con = duckdb.connect(config={"enable_external_access": False})
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", ["SELECT " + text]).fetchone()[0])
+    finally:
+        con.close()
+    if tree.get("error"):
+        return  # not DuckDB syntax (a Polars-only form): the word check above stands, Polars reports the rest
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        raise _refuse(what, text, "more than one statement")
+    node = statements[0].get("node", {})
+    if node.get("type") != "SELECT_NODE" or len(node.get("select_list") or []) != 1:
+        raise _refuse(what, text, "more than one expression")
+    if (node.get("from_table") or {}).get("type", "EMPTY") != "EMPTY":
+        raise _refuse(what, text, "a FROM clause")
+    for clause in ("where_clause", "having", "qualify", "sample"):
+        if node.get(clause):
+            raise _refuse(what, text, f"a {clause.removesuffix('_clause').upper()} clause")
+    if node.get("group_expressions") or node.get("modifiers") or (node.get("cte_map") or {}).get("map"):
+        raise _refuse(what, text, "a query clause")
+    _walk_ast(node.get("select_list"), what, text)
+
+
 def _sql(text: str, what: str) -> pl.Expr:
+    check_expression(text, what)
     try:
         return pl.sql_expr(text)
     except Exception as e:  # polars raises several error types for bad SQL
