@@ -14,7 +14,7 @@ import polars as pl
 
 from schemas.errors import RecipeError, first_line
 from schemas.recipe import FilterConfig, RuleConfig, TopKConfig
-from schemas.tables import SCORE_COLUMN_OWNER
+from schemas.tables import SCORE_COLUMN_OWNER, SCORES
 
 DEDUP_STEPS = {
     "exact-source": "paraphrase equals its source (normalised)",
@@ -149,6 +149,23 @@ def validate(cfg: FilterConfig, available: set[str]) -> None:
                    else f"add {owner!r} to score.scorers")
             raise RecipeError(f"{what}: column {col!r} comes from the {owner!r} scorer, which is not run; {how} "
                               "or drop the rule")
+    _dry_run(cfg)
+
+
+def _dry_run(cfg: FilterConfig) -> None:
+    """Evaluate every expression on an empty frame of the score columns' types: a type mistake (a string compared
+    with a number, a text function on a score) or a rule that is not true/false fails here, before models load."""
+    empty = pl.DataFrame(schema=SCORES)
+    checks = [(f"filter rule {r.name!r}", r.expr, rule_expr(r), True) for r in cfg.rules if r.expr is not None]
+    if cfg.top_k:
+        checks.append(("filter.top_k.by", cfg.top_k.by, _sql(cfg.top_k.by, "filter.top_k.by"), False))
+    for what, text, expr, boolean in checks:
+        try:
+            dtype = empty.select(expr.alias("_r")).schema["_r"]
+        except Exception as e:  # polars raises several error types for a mistyped expression
+            raise RecipeError(f"{what}: cannot evaluate {text!r} over the score columns ({first_line(e)})") from None
+        if boolean and dtype != pl.Boolean:
+            raise RecipeError(f"{what}: {text!r} gives {dtype}, not true/false; compare it, e.g. '{text} > 0.5'")
 
 
 def _top_k_keep(df: pl.DataFrame, top_k: TopKConfig, eligible: pl.Expr) -> pl.Series:

@@ -98,3 +98,16 @@ def test_other_query_forms_are_refused(expr, found):
     with pytest.raises(RecipeError, match="not allowed") as e:
         check_expression(expr, "rule")
     assert found in str(e.value)
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("cosine > 'high'", "cannot evaluate \"cosine > 'high'\" over the score columns (cannot compare string"),
+    ("wpd + ld", "'wpd + ld' gives Float64, not true/false; compare it, e.g. 'wpd + ld > 0.5'"),
+])
+def test_mistyped_rules_fail_before_any_model_loads(workdir, tmp_path, expr, message):
+    wd, before = workdir
+    proc = cli("curate", "-w", str(wd), "-r", str(_recipe(tmp_path, {"rules": [{"name": "typo", "expr": expr}]})))
+    assert proc.returncode == 4, proc.stderr
+    assert error_line(proc).startswith(f"error: filter rule 'typo': {message}")
+    assert "embed:" not in proc.stdout
+    assert _answers(wd) == before
