@@ -84,6 +84,9 @@ def ingest(
     s = runner.ingest(paths, wd, text_column, split, max_chars)
     out.print(f"read {s['read']}, kept {s['kept']}, duplicates {s['duplicates']}, quarantined "
               f"{s['quarantined']} -> {Path(wd).resolve()}")
+    if s["kept"] == 0 and s["quarantined"]:
+        out.print(f"nothing kept: see why with  paradistill sql -w {wd} "
+                  "\"SELECT origin, origin_row, reason FROM quarantine\"", style="yellow")
     for p in s["inputs"]:
         if p.get("skipped"):
             out.print(f"{p['input']}: already ingested with the same content and options; skipped", style="dim")

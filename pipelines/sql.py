@@ -142,6 +142,10 @@ def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
                          ) from None
     except duckdb.Error as e:
         raise QueryError(f"SQL: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:  # DuckDB's answer to Ctrl-C while a query runs
+        if "interrupted" in str(e).lower():
+            raise KeyboardInterrupt from None
+        raise
     finally:
         con.close()
 
