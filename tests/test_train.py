@@ -133,7 +133,8 @@ def test_an_export_without_validation_split_trains_and_says_so(tiny, tmp_path):
 def test_user_mistakes_are_one_line(tiny, tmp_path):
     export, model = tiny
     proc = cli("train", "--dataset", str(tmp_path / "nope"), "--model", str(model))
-    assert proc.returncode == 3 and "cannot load the dataset" in error_line(proc)
+    assert proc.returncode == 3
+    assert error_line(proc) == f"error: dataset {tmp_path / 'nope'}: no such folder (a Hub id is OWNER/NAME)"
     proc = cli(*_train_args(export, model, tmp_path / "x", "--targets", "some"))
     assert proc.returncode == 4 and "targets" in error_line(proc)
     proc = cli("train", "--dataset", str(export), "--model", str(model), "--target-modules", "nothing_here",
