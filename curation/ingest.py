@@ -276,7 +276,7 @@ def read_csv(path: Path, text_column: str) -> pl.DataFrame:
 
 def read_parquet(path: Path, text_column: str) -> pl.DataFrame:
     try:
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path, glob=False)
     except Exception as e:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     return _column_rows(df, str(path), text_column, "column")
@@ -456,7 +456,7 @@ def read_records(ref: str, columns: list[str], split: str = "train", hints: dict
         try:
             available = list(pl.read_parquet_schema(path))
             _require_columns(str(path), available, columns, hints)
-            df = pl.read_parquet(path, columns=columns)
+            df = pl.read_parquet(path, columns=columns, glob=False)
         except InputError:
             raise
         except Exception as e:

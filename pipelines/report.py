@@ -96,7 +96,7 @@ def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], 
     report = {
         "version": REPORT_VERSION,
         "title": _title(lineage),
-        "lineage": {str(k): _jsonable(v) for k, v in lineage.items()},
+        "lineage": {str(k): jsonable(v) for k, v in lineage.items()},
         "params": {"samples": samples, "seed": seed, "bins": bins, "metrics": metric_columns},
         "totals": {
             "pairs": n_pairs,
@@ -106,13 +106,13 @@ def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], 
             "sources": pairs["source_id"].n_unique() if n_pairs else 0,
         },
         "funnel": _funnel_rows(funnel),
-        "corpus": [_jsonable(dict(row)) for row in corpus],
+        "corpus": [jsonable(dict(row)) for row in corpus],
         "histograms": histograms,
         "reasons": _reason_counts(pairs.filter(~pl.col("kept")), n_dropped),
         "samples": _samples(pairs, metric_columns, samples, seed),
         "notes": notes,
     }
-    return _jsonable(report)
+    return jsonable(report)
 
 
 def _require_columns(df: pl.DataFrame, required: Iterable[str], name: str) -> None:
@@ -229,7 +229,7 @@ def _samples(pairs: pl.DataFrame, metrics: Sequence[str], n: int, seed: int) -> 
     return out
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types only; NaN/inf become None so the JSON stays valid."""
     if value is None or isinstance(value, bool | str):
         return value
@@ -238,9 +238,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset | pl.Series | np.ndarray):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     if isinstance(value, np.bool_):
@@ -616,7 +616,7 @@ def write_report(report: dict, folder: Path, stem: str = "report") -> tuple[Path
     """Write `folder/stem.html` and `folder/stem.json`, each atomically (temp name, fsync, rename)."""
     folder = Path(folder)
     html_path, json_path = folder / f"{stem}.html", folder / f"{stem}.json"
-    data = json.dumps(_jsonable(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    data = json.dumps(jsonable(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write_bytes(json_path, data.encode("utf-8"))
     atomic_write_bytes(html_path, render_html(report).encode("utf-8"))
     return html_path, json_path

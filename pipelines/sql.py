@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from pipelines.store import Workdir
+from pipelines.store import Workdir, glob_escape
 from schemas.errors import QueryError
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
@@ -45,9 +45,31 @@ def check_read_only(query: str) -> None:
         raise QueryError("SQL: empty statement; pass a SELECT, e.g. \"SELECT count(*) FROM sources\"")
     for st in statements:
         kind, name = _statement_name(st)
+        if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs what it explains: that must be a SELECT too
+            inner = _explained(st.query)
+            kind, name = _statement_name(inner) if inner is not None else ("UNKNOWN", "EXPLAIN")
+            name = f"EXPLAIN of {name}"
         if kind not in _ALLOWED:
             raise QueryError(f"SQL: {name} statements are refused (the catalog is read-only); "
                              "use SELECT, SHOW TABLES or DESCRIBE")
+
+
+_EXPLAIN = re.compile(r"EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.I)
+
+
+def _explained(query: str) -> duckdb.Statement | None:
+    """The statement an EXPLAIN [ANALYZE] [(options)] wraps, or None when it cannot be parsed alone."""
+    text = query
+    while (m := _COMMENTS.match(text)) and m.end() > 0:
+        text = text[m.end():]
+    m = _EXPLAIN.match(text)
+    if m is None:
+        return None
+    try:
+        inner = duckdb.extract_statements(text[m.end():])
+    except duckdb.Error:
+        return None
+    return inner[0] if len(inner) == 1 else None
 
 
 def confine(con: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[str | Path]) -> None:
@@ -60,6 +82,10 @@ def confine(con: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[str | Path]) 
     """
     dirs = [str(Path(d).resolve()).rstrip("/") + "/" for d in allowed_dirs]
     listed = ", ".join("'" + d.replace("'", "''") + "'" for d in dirs)
+    # DuckDB adds its spill folder (default `.tmp` under the current directory) to the allowed list: keep it
+    # inside the first allowed folder's parent, hidden, instead of wherever the user stands
+    spill = str(Path(dirs[0]).parent / ".duckdb-spill").replace("'", "''")
+    con.execute(f"SET temp_directory = '{spill}'")
     con.execute(f"SET allowed_directories = [{listed}]")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
@@ -67,24 +93,16 @@ def confine(con: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[str | Path]) 
     con.execute("SET lock_configuration = true")
 
 
-def _attach_catalog(con: duckdb.DuckDBPyConnection, wd: Workdir) -> bool | None:
-    """Use catalog.duckdb's views when they were written for this folder (their paths are this workdir's).
-
-    True: in use. False: missing or written for another folder (a copy, a move) or an older layout.
-    None: busy or unreadable.
-    """
+def _attach_catalog(con: duckdb.DuckDBPyConnection, wd: Workdir) -> bool:
+    """Attach catalog.duckdb read-only as "catalog"; False when missing, busy or unreadable."""
     if not wd.catalog_path.exists():
         return False
     path = str(wd.catalog_path).replace("'", "''")
     try:
         con.execute(f"ATTACH '{path}' AS \"catalog\" (READ_ONLY)")
     except duckdb.Error:  # a writer holds it for a moment, or it is damaged: the in-memory views serve
-        return None
-    if wd.catalog_matches(con, "catalog"):
-        con.execute('USE "catalog"')
-        return True
-    con.execute('DETACH "catalog"')
-    return False
+        return False
+    return True
 
 
 def _mend_catalog(wd: Workdir) -> None:
@@ -109,12 +127,20 @@ def connect(workdir: str | Workdir, mend: bool = True) -> duckdb.DuckDBPyConnect
     con = duckdb.connect(":memory:")
     try:
         attached = _attach_catalog(con, wd)
-        if not attached:
-            if attached is False and mend:
+        # before any of the file's views runs (they are not ours until checked); DuckDB checks the glob as
+        # written, so a root holding [, * or ? is allowed in its escaped spelling too
+        confine(con, [wd.tables_dir, glob_escape(str(wd.tables_dir))])
+        if attached and wd.catalog_matches(con, "catalog"):  # written for this folder: its views are ours
+            con.execute('USE "catalog"')
+        else:  # missing, busy, or written for another folder (a copy, a move) or an older layout
+            if attached:
+                con.execute('DETACH "catalog"')
+                if mend:
+                    _mend_catalog(wd)
+            elif mend and not wd.catalog_path.exists():
                 _mend_catalog(wd)
             for view, sql in wd.views().items():
                 con.execute(f'CREATE VIEW "{view}" AS {sql}')
-        confine(con, [wd.tables_dir])
     except duckdb.Error as e:
         con.close()
         raise QueryError(f"{wd.tables_dir}: cannot read the tables ({str(e).splitlines()[0]})") from None
@@ -137,6 +163,9 @@ def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
             rel = con.sql(st.query)
             frame = rel.pl() if rel is not None else pl.DataFrame()
         return frame
+    except pl.exceptions.PolarsError as e:  # a DuckDB type Polars cannot hold (INTERVAL, UNION, ...)
+        raise QueryError("SQL: a result column has a type paradistill cannot show "
+                         f"({str(e).splitlines()[0].split('. ')[0]}); cast it, e.g. CAST(x AS VARCHAR)") from None
     except duckdb.PermissionException as e:
         raise QueryError(f"SQL: {str(e).splitlines()[0]} (paradistill sql reads only the workdir's tables)"
                          ) from None
@@ -151,11 +180,19 @@ def query(workdir: str | Workdir, sql: str) -> pl.DataFrame:
 
 
 def frame_to_csv(df: pl.DataFrame) -> str:
-    """CSV text of `df` as Polars writes it, with list, array and struct columns as JSON text (nulls empty)."""
-    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    """CSV text of `df` as Polars writes it; list, array, struct and map columns as JSON text (NaN/inf as null,
+    nulls empty), binary ones as hex, since CSV has no cell types of its own for them."""
+    from pipelines.report import jsonable
+
+    def as_text(c: str, t: pl.DataType) -> pl.Series:
+        values = df.get_column(c).to_list()
+        if t == pl.Binary:
+            return pl.Series(c, [None if v is None else v.hex() for v in values], dtype=pl.String)
+        return pl.Series(c, [None if v is None else json.dumps(jsonable(v), ensure_ascii=False, allow_nan=False)
+                             for v in values], dtype=pl.String)
+
+    simple = (pl.List, pl.Array, pl.Struct, pl.Binary) + ((pl.Map,) if hasattr(pl, "Map") else ())
+    nested = {c: t for c, t in df.schema.items() if isinstance(t, simple) or t == pl.Binary}
     if nested:
-        df = df.with_columns(
-            pl.Series(c, [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-                          for v in df.get_column(c).to_list()], dtype=pl.String)
-            for c in nested)
+        df = df.with_columns(as_text(c, t) for c, t in nested.items())
     return df.write_csv()

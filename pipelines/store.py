@@ -38,6 +38,13 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+_GLOB_ESCAPES = {"[": "[[]", "*": "[*]", "?": "[?]"}  # DuckDB glob: a literal character in a class
+
+
+def glob_escape(path: str) -> str:
+    """`path` as a DuckDB glob that matches only itself (user folders may hold [, * or ?)."""
+    return "".join(_GLOB_ESCAPES.get(ch, ch) for ch in path)
+
 class Workdir:
     """One corpus project's store. Tables are read with Polars and queried through DuckDB views."""
 
@@ -53,12 +60,16 @@ class Workdir:
     # -- lifecycle -------------------------------------------------------------------------------------
     def create(self) -> Workdir:
         """Make the folders and the catalog (idempotent)."""
+        if "?" in str(self.root):  # DuckDB reads '?' in a database path as the start of URI options
+            raise StateError(f"{self._given_root}: a workdir path cannot contain '?' (DuckDB cannot keep its "
+                             "catalog there); pick another folder name")
         for sub in ("tables", "runs", "state", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         missing = [t for t in TABLES if not self.shards(t)]
         for table in missing:  # a zero-row shard: every view is a glob view from the start, never rewritten
             self._write_shard(table, empty_frame(table), "part-00000000000000000000-schema.parquet")
-        if missing or not self.catalog_is_current():  # new tables, or a copied/moved/older catalog
+        if missing or self.catalog_is_current() is False:  # new tables, or a copied/moved/older catalog
+            # (None: a reader holds it; its views still see new shards, so no need to wait for it)
             self.refresh_catalog()
         return self
 
@@ -131,9 +142,10 @@ class Workdir:
         if not shards:
             return empty_frame(table).lazy() if table in TABLES else pl.LazyFrame()
         if table not in TABLES:
-            return pl.scan_parquet(shards)
+            return pl.scan_parquet(shards, glob=False)
         # shards written before a column was declared read it as null (older workdirs keep working)
-        return pl.scan_parquet(shards, schema=TABLES[table], missing_columns="insert", extra_columns="ignore")
+        return pl.scan_parquet(shards, glob=False, schema=TABLES[table], missing_columns="insert",
+                               extra_columns="ignore")
 
     def read(self, table: str) -> pl.DataFrame:
         return self.scan(table).collect()
@@ -151,7 +163,8 @@ class Workdir:
 
     # -- catalog ---------------------------------------------------------------------------------------
     def _read_sql(self, table: str) -> str:
-        glob = str(self.tables_dir / table / "part-*.parquet").replace("'", "''")
+        folder = glob_escape(str(self.tables_dir / table))  # a root like 'w [1]' is a folder, not a pattern
+        glob = f"{folder}/part-*.parquet".replace("'", "''")
         return f"read_parquet('{glob}', union_by_name=true)"
 
     def _view_sql(self, table: str) -> str:
@@ -226,7 +239,8 @@ class Workdir:
         if not self.catalog_path.exists():
             return False
         try:
-            con = duckdb.connect(str(self.catalog_path), read_only=True)
+            # the file's views are not ours until checked: whatever they hold may read no file
+            con = duckdb.connect(str(self.catalog_path), read_only=True, config={"enable_external_access": False})
         except duckdb.Error:  # a writer holds it, or it cannot be read: nothing to decide now
             return None
         try:
@@ -251,11 +265,13 @@ class Workdir:
             except (duckdb.IOException, duckdb.ConnectionException):  # a reader holds it (other/same process)
                 time.sleep(0.1)
                 continue
-            try:
+            try:  # one transaction: a reader never sees half the views rewritten
+                con.execute("BEGIN")
                 for view, sql in views.items():
                     con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM ({sql}) WHERE {guard}')
                 con.execute(f"CREATE OR REPLACE VIEW {CATALOG_MARKER} AS "
                             f"SELECT '{root}' AS root, {CATALOG_LAYOUT} AS layout")
+                con.execute("COMMIT")
             finally:
                 con.close()
             return True

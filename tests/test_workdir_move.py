@@ -224,3 +224,68 @@ def test_views_built_in_memory_answer_like_the_stored_catalog(work, tmp_path):
     assert query(copy, "SHOW TABLES").get_column("name").to_list() == names
     counts = " UNION ALL ".join(f"SELECT '{v}', count(*) FROM \"{v}\"" for v in names)
     assert query(copy, counts).rows() == query(work, counts).rows() == _plain(work, counts)
+
+
+# -- found in review: writes through EXPLAIN ANALYZE, DuckDB's spill folder, the file's own views, odd roots --
+@pytest.mark.parametrize("verb", ["EXPLAIN ANALYZE", "EXPLAIN (ANALYZE)", "explain  analyse"])
+def test_explain_analyze_cannot_write_into_the_store(work, verb):
+    shard = Workdir(work).shards("sources")[-1]
+    proc = cli("sql", "-w", str(work), f"{verb} COPY (SELECT * FROM sources WHERE false) TO '{shard}' "
+                                       "(FORMAT parquet)")
+    assert proc.returncode == 6 and error_line(proc).startswith("error: SQL: EXPLAIN of COPY statements are refused")
+    assert _count_cli(work) == N
+    assert cli("sql", "-w", str(work), "EXPLAIN ANALYZE SELECT count(*) FROM sources").returncode == 0
+
+
+def test_duckdbs_spill_folder_in_the_current_directory_is_not_readable(work, tmp_path):
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.txt").write_text("not yours\n")
+    proc = cli("sql", "-w", str(work), "SELECT content FROM read_text('.tmp/secret.txt')", cwd=tmp_path)
+    assert proc.returncode == 6 and "Permission Error" in error_line(proc)
+    assert "not yours" not in proc.stdout
+
+
+def test_a_crafted_catalog_view_runs_confined(work, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x\n")
+    con = duckdb.connect(str(work / "catalog.duckdb"))
+    con.execute(f"CREATE OR REPLACE VIEW paradistill_catalog AS SELECT CASE WHEN (SELECT count(*) FROM "
+                f"read_text('{outside}')) > 0 THEN '{Workdir(work).root}' END AS root, 2 AS layout")
+    con.close()
+    from pipelines.sql import connect
+
+    con = connect(work, mend=False)
+    try:  # the marker could not read the outside file, so the catalog is not trusted: in-memory views serve
+        assert con.execute("SELECT current_database()").fetchone()[0] == "memory"
+        assert con.execute(COUNT).fetchone()[0] == N
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("name", ["it's [w]", "w*", "[bold]w[/bold]"])
+def test_a_workdir_named_like_a_glob_works(tmp_path, name):
+    src = tmp_path / "s.txt"
+    src.write_text("one sentence here.\nanother sentence here.\n")
+    root = tmp_path / name
+    cli("ingest", str(src), "-w", str(root), check=True)
+    assert _count_cli(root) == 2
+    assert _plain(root, COUNT) == [(2,)]
+
+
+@pytest.mark.parametrize("sql", ["SELECT INTERVAL 1 DAY AS i", "SELECT union_value(k := 1) AS u"])
+def test_result_types_polars_cannot_hold_are_one_line(work, sql):
+    proc = cli("sql", "-w", str(work), sql)
+    assert proc.returncode == 6 and "cast it, e.g. CAST(x AS VARCHAR)" in error_line(proc)
+
+
+def test_csv_of_maps_blobs_and_nan(work):
+    proc = cli("sql", "-w", str(work), "SELECT map([1], [2]) AS m, 'a'::BLOB AS b, [1.0, 'nan'::DOUBLE] AS l",
+               "--format", "csv", check=True)
+    assert proc.stdout.splitlines() == ["m,b,l", '"{""1"": 2}",61,"[1.0, null]"']
+
+
+def test_a_workdir_path_with_a_question_mark_is_one_line(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("one sentence here.\n")
+    proc = cli("ingest", str(src), "-w", str(tmp_path / "w?x"))
+    assert proc.returncode == 5 and "a workdir path cannot contain '?'" in error_line(proc)
