@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from schemas.errors import UserError
+from schemas.errors import StateError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Build, curate, query and export paraphrase-distillation datasets.")
@@ -85,7 +86,7 @@ def ingest(
     out.print(f"read {s['read']}, kept {s['kept']}, duplicates {s['duplicates']}, quarantined "
               f"{s['quarantined']} -> {Path(wd).resolve()}")
     if s["kept"] == 0 and s["quarantined"]:
-        out.print(f"nothing kept: see why with  paradistill sql -w {wd} "
+        out.print(f"nothing kept: see why with  paradistill sql -w {shlex.quote(str(wd))} "
                   "\"SELECT origin, origin_row, reason FROM quarantine\"", style="yellow")
     for p in s["inputs"]:
         if p.get("skipped"):
@@ -168,6 +169,9 @@ def candidates(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
         from pipelines.store import Workdir
 
         w = Workdir(wd)
+        if w.count("generations") == 0:
+            raise StateError(f"{wd}: no generations yet, so no candidates to build; run `paradistill generate -w "
+                             f"{shlex.quote(str(wd))}` (or ingest-pairs) first")
         out.print(f"candidates are up to date: {w.count('candidates')} pair(s) from {w.count('generations')} "
                   "generation(s); no new generations since the last build")
         return
@@ -396,8 +400,8 @@ def run(
         for src, para in sample.iter_rows():
             out.print(f"  {src}\n    -> {para}")
     out.print(_label("try SQL"))
-    out.print(f"  paradistill sql -w {res['workdir']} \"SELECT rule, pairs_in, dropped, pairs_out FROM funnel "
-              "ORDER BY step\"")
+    out.print(f"  paradistill sql -w {shlex.quote(res['workdir'])} \"SELECT rule, pairs_in, dropped, pairs_out "
+              "FROM funnel ORDER BY step\"")
     if "train" in res:
         _print_training(res["train"])
     if "evaluate" in res:

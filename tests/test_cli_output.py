@@ -126,3 +126,12 @@ def test_candidates_up_to_date_and_sources_counted_on_rerun(tmp_path: Path) -> N
     cand = cli("candidates", "-w", str(tmp_path / "w"), check=True)
     assert "candidates are up to date: 6 pair(s) from 6 generation(s)" in cand.stdout, cand.stdout
 
+
+
+def test_candidates_without_generations_says_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("one two three\n", encoding="utf-8")
+    wd = tmp_path / "my work"
+    cli("ingest", "s.txt", "-w", str(wd), cwd=tmp_path, check=True)
+    proc = cli("candidates", "-w", str(wd))
+    assert proc.returncode == 5
+    assert f"no generations yet, so no candidates to build; run `paradistill generate -w '{wd}'`" in error_line(proc)
