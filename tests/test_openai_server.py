@@ -371,3 +371,17 @@ def test_runs_as_a_script():
         finally:
             proc.terminate()
             assert proc.wait(10) == 0
+
+
+def test_llama_cpp_mode_refuses_json_schema_with_500_ignores_n_and_max_completion_tokens():
+    with FakeOpenAI(llama_cpp=True) as srv, _client(srv.url) as c:
+        with pytest.raises(openai.InternalServerError) as e:
+            _chat(c, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+        assert e.value.status_code == 500 and "response_format" in e.value.body["message"].splitlines()[1]
+        assert _chat(c, response_format={"type": "json_object"}).choices[0].message.content.startswith("{")
+        assert len(_chat(c, n=3).choices) == 1
+        free = _chat(c, max_completion_tokens=5).choices[0]
+        assert free.finish_reason == "stop" and len(quicktok.get_encoding("o200k_base").encode_ordinary(
+            free.message.content)) > 5
+        capped = _chat(c, max_tokens=5)
+        assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens <= 5

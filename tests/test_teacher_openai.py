@@ -58,7 +58,7 @@ def test_twenty_percent_faults_every_source_ends_generated_or_failed(tmp_path):
               "length": 0.02, "refusal": 0.01}
     assert abs(sum(faults.values()) - 0.20) < 1e-9
     with FakeOpenAI(faults=faults, seed=3, api_key=KEY) as srv:
-        s = runner.generate(wd, _chat(srv, max_retries=2, timeout_s=0.5), progress=False)
+        s = runner.generate(wd, _chat(srv, max_retries=1, timeout_s=0.5, on_failures="continue"), progress=False)
         faulted = {e["fault"] for e in srv.log if e["fault"]}
     assert {"429", "500", "malformed", "disconnect"} <= faulted
     gens, fails = _gens(wd), _fails(wd)
@@ -67,7 +67,9 @@ def test_twenty_percent_faults_every_source_ends_generated_or_failed(tmp_path):
     assert gens.height == s["generated"] and fails.height == s["failed"] and s["retries"] > 0
     assert set(gens["source_id"]) | set(fails["source_id"]) == sources  # every source: generated or failed
     assert not set(gens["request_id"]) & set(fails["request_id"])
-    assert fails["error"].is_not_null().all() and (fails["attempts"] == 3).all()
+    assert s["failed"] > 0 and fails["error"].is_not_null().all() and (fails["attempts"] == 2).all()
+    assert set(fails["failure_kind"]) <= {"rate_limit", "server_error", "timeout", "disconnected", "invalid_response"}
+    assert sum(s["failures_by_kind"].values()) == s["failed"] and s["top_failure"]["count"] >= 1
     refused = gens.filter(pl.col("refusal").is_not_null())
     assert (refused["parse_error"].str.starts_with("refused")).all()
     cut = gens.filter(pl.col("finish_reason") == "length")
@@ -207,7 +209,7 @@ def test_structured_output_falls_back_to_the_list_parser(tmp_path):
     wd = _workdir(tmp_path, 20)
     with FakeOpenAI(structured_output=False, api_key=KEY) as srv:
         s = runner.generate(wd, _chat(srv, n=3), progress=False)
-    assert s["structured_output"] is False and "response_format" in s["structured_fallback"]
+    assert s["structured_output"] is False and "response_format" in s["structured_output_fallback"]
     gens = _gens(wd)
     assert gens.height == 20 and gens["parse_error"].is_null().all() and (gens["items"].list.len() == 3).all()
     with FakeOpenAI(api_key=KEY) as srv:
@@ -265,7 +267,7 @@ def _batch(srv: FakeOpenAI, **kw) -> BatchTeacherConfig:
 def test_batch_api_end_to_end_split_and_discount(tmp_path):
     wd = _workdir(tmp_path, 25)
     with FakeOpenAI(batch_delay_s=0.05, faults={"batch_item_error": 0.1}, seed=2, api_key=KEY) as srv:
-        s = runner.generate(wd, _batch(srv, max_requests_per_file=10), progress=False)
+        s = runner.generate(wd, _batch(srv, max_requests_per_file=10, on_failures="continue"), progress=False)
         assert len(srv.batches) == 3  # 25 requests, at most 10 per file
     gens, fails = _gens(wd), _fails(wd)
     assert s["generated"] + s["failed"] == 25 and gens.height == s["generated"] and fails.height == s["failed"]

@@ -267,7 +267,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         return status_kind(status), f"HTTP {status}: {server_message(exc)}"[:MAX_ERROR_CHARS]
     chain = _chain(exc)
     cause = next((e for e in chain if type(e).__module__.split(".")[0] not in _WRAPPERS), chain[-1])
-    names = {type(c).__name__ for e in chain for c in type(e).__mro__}
+    names = {c.__name__ for e in chain for c in type(e).__mro__}
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
         kind = "connection_refused"
     elif any(isinstance(e, TimeoutError) for e in chain) or "ReadTimeout" in names:
@@ -390,7 +390,7 @@ class ChatTeacher:
         import openai
 
         attempt, t0 = 0, time.perf_counter()
-        probe, probed, probe_reason = False, False, ""
+        probe, probed, probe_reason, last_status = False, False, "", None
         while True:
             attempt += 1
             structured = self.structured and not probe
@@ -418,14 +418,18 @@ class ChatTeacher:
                 status = e.status_code
                 kind, error = describe_failure(e)
                 if structured and self.structured_auto and status >= 400 and status not in NOT_FORMAT_STATUS:
-                    if names_format(error):  # the server says it cannot do response_format
+                    # the server says it cannot do response_format; or, before any structured request succeeded, a
+                    # 4xx (or the same 5xx twice) that a request without response_format does not get
+                    if names_format(error):
                         self._fall_back(error)
                         attempt -= 1
                         continue
-                    if not self._structured_ok and not probed:  # ask once without it: is that what fails?
+                    refused = status < 500 or (status == last_status)  # a 5xx only when it repeats
+                    if refused and not self._structured_ok and not probed:  # ask once without it: is that it?
                         probe, probed, probe_reason = True, True, error
                         attempt -= 1
                         continue
+                    last_status = status
                 if structured and not self.structured:  # another request found the server cannot do it
                     attempt -= 1
                     continue
