@@ -133,11 +133,13 @@ def _failed_requests(wd: Workdir, stats: dict, manifest: RunManifest, curating: 
     total = failed + stats.get("generated", 0)
     where = "stopped before curation" if curating else f"candidates were built from the {stats.get('generated', 0)} " \
         "that succeeded"
-    return TeacherFailed(
+    err = TeacherFailed(
         f"{failed} of {total} teacher request(s) failed after every retry; most common cause: "
         f"{failure_cause(stats)}; {where}. Fix the cause and rerun the same command: only the failed requests are "
         f"sent again (see them: paradistill sql -w {wd.root} \"SELECT failure_kind, error FROM request_failures "
         f"WHERE run_id = '{manifest.run_id}'\"), or set teacher.on_failures: continue to go on with what succeeded")
+    err.stats = {**stats, "run_id": manifest.run_id}  # the teacher's stats, for a notebook that catches it
+    return err
 
 
 def _after_teacher(wd: Workdir, cfg, manifest: RunManifest, stats: dict, curating: bool = False) -> None:
@@ -159,7 +161,10 @@ def _after_teacher(wd: Workdir, cfg, manifest: RunManifest, stats: dict, curatin
 
 
 def generate(workdir: str | Path, teacher=None, progress: bool = True, dry_run: bool = False) -> dict:
-    """Ask the teacher for paraphrases of every source not yet done (resumable); `dry_run` only estimates."""
+    """Ask the teacher for paraphrases of every source not yet done (resumable); `dry_run` only estimates.
+
+    Requests that still failed after every retry raise TeacherFailed (exit 9; its `.stats` hold the teacher's
+    stats) after candidates are built from what succeeded, unless `teacher.on_failures: continue`."""
     cfg = teacher or TeacherConfig()
     with _session(workdir, "generate", None, progress) as (wd, manifest, prog):
         wd.require()
@@ -263,7 +268,9 @@ def report(workdir: str | Path, out_dir: str | Path | None = None, samples: int 
 def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: bool = True,
         dry_run: bool = False) -> dict:
     """Run a recipe end to end: ingest -> teacher -> candidates -> curation -> export. Resumes; `dry_run` stops
-    after ingest with the teacher's estimate (requests, tokens, dollars) and spends nothing."""
+    after ingest with the teacher's estimate (requests, tokens, dollars) and spends nothing. Teacher requests that
+    still failed after every retry stop the run before curation (TeacherFailed, exit 9) unless
+    `teacher.on_failures: continue`."""
     recipe = load_recipe(recipe_ref)[0] if isinstance(recipe_ref, str) else recipe_ref
     needs_sources = isinstance(recipe.teacher, TeacherConfig | ChatTeacherConfig | BatchTeacherConfig)
     if not recipe.sources and needs_sources:

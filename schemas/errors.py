@@ -51,3 +51,4 @@ class TeacherFailed(UserError):
     the failed requests."""
 
     exit_code = 9
+    stats: dict | None = None  # the teacher step's stats (failures_by_kind, top_failure, ...) when raised by it

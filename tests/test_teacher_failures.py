@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curation.teachers.openai_chat import describe_failure
 from schemas.recipe import ChatTeacherConfig
 from tests.conftest import REPO, cli, error_line
 from tests.openai_server import FakeOpenAI
@@ -214,7 +213,7 @@ def test_generate_with_no_sources_says_how_to_ingest(tmp_path):
 def test_failure_causes_are_classified_from_the_transport_error():
     import asyncio
 
-    from curation.teachers.openai_chat import make_client
+    from curation.teachers.openai_chat import describe_failure, make_client
 
     async def post(url: str):
         client = make_client(url, "k", 1.0, 1)
