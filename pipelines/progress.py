@@ -30,8 +30,24 @@ console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 PLAIN_INTERVAL_S = 15.0  # default seconds between plain progress lines (PARADISTILL_PROGRESS_INTERVAL)
 
 
-def _rate(task: Task) -> str:
+def _speed(task: Task) -> float | None:
+    """Rich's recent speed, else the average since the task started (steps that advance in large batches
+    leave rich's 30 s window empty between two updates)."""
     speed = task.finished_speed or task.speed
+    if not speed and task.completed and task.elapsed:
+        speed = task.completed / task.elapsed
+    return speed or None
+
+
+def _eta(task: Task) -> float | None:
+    speed = _speed(task)
+    if task.total is None or not speed:
+        return None
+    return max(0.0, task.total - task.completed) / speed
+
+
+def _rate(task: Task) -> str:
+    speed = _speed(task)
     unit = task.fields.get("unit", "rows")
     return f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s"
 
@@ -68,7 +84,7 @@ def plain_line(task: Task) -> str:
             done += f" ({100 * task.completed / task.total:.0f}%)"
     parts = [done, _rate(task), _tokens(task), _cost(task), f"elapsed {_clock(task.elapsed)}"]
     if task.total is not None and not task.finished:
-        parts.append(f"eta {_clock(task.time_remaining)}")
+        parts.append(f"eta {_clock(_eta(task))}")
     return f"{task.description}: " + ", ".join(p for p in parts if p)
 
 

@@ -135,3 +135,14 @@ def test_candidates_without_generations_says_what_to_run(tmp_path: Path) -> None
     proc = cli("candidates", "-w", str(wd))
     assert proc.returncode == 5
     assert f"no generations yet, so no candidates to build; run `paradistill generate -w '{wd}'`" in error_line(proc)
+
+
+def test_plain_line_rate_and_eta_for_steps_that_advance_in_batches() -> None:
+    from pipelines.progress import PlainProgress, plain_line
+
+    prog = PlainProgress(interval=60, stream=io.StringIO())
+    task = prog.add_task("generate", total=100, unit="req")
+    time.sleep(0.2)
+    prog.update(task, advance=20)  # one batch: rich has a single sample and no speed of its own yet
+    line = plain_line(prog.tasks[0])
+    assert "20/100 (20%)" in line and "- req/s" not in line and "eta -" not in line, line
