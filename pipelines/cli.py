@@ -1,8 +1,8 @@
 """`paradistill` command line: one thin Typer verb per stage over the functions in `pipelines.runner`.
 
 Exit codes: 0 ok, 2 bad usage, 3 input error, 4 recipe error, 5 workdir state, 6 SQL refused or failed,
-7 teacher budget reached, 8 the Hub refused or failed, 130 interrupted (rerun resumes), 1 an unexpected
-internal error.
+7 teacher budget reached, 8 the Hub refused or failed, 9 teacher requests still failed (rerun retries them),
+130 interrupted (rerun resumes), 1 an unexpected internal error.
 """
 
 from __future__ import annotations
@@ -151,8 +151,24 @@ def _print_teacher(s: dict) -> None:
         if s.get("cost_usd") is not None and "cost_usd" in s:
             line += f", ${s['cost_usd']:,.4f} this run"
         out.print(line)
+    _print_fallbacks(s)
     if s.get("pending_batches"):
         out.print(f"{s['pending_batches']} batch(es) still running; rerun the same command to collect them")
+
+
+def _short(reason: object, width: int = 200) -> str:
+    line = " ".join(str(reason).split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _print_fallbacks(s: dict) -> None:
+    """What the teacher changed on its own because the server is not OpenAI (also in the run manifest)."""
+    if s.get("structured_output_fallback"):
+        out.print(f"note: the server refused response_format, so this run used the list parser "
+                  f"({_short(s['structured_output_fallback'])})", style="yellow")
+    if s.get("sampling_fallback"):
+        out.print(f"note: the server returned fewer choices than n, so this run sent n requests of one "
+                  f"({_short(s['sampling_fallback'])})", style="yellow")
 
 
 @app.command()
@@ -380,6 +396,7 @@ def run(
         out.print(f"requests {g.get('planned', g.get('contexts_planned'))} ({g.get('generated', 0)} new"
                   + (f", {g['failed']} failed" if g.get("failed") else "")
                   + (f", ${g['cost_usd']:,.4f}" if g.get("cost_usd") else "") + ")")
+        _print_fallbacks(res["teacher"])
     if "import" in st:
         out.print(f"imported rows {st['import']['rows']} ({st['import']['quarantined']} quarantined)")
     out.print(f"candidates +{st['candidates']['pairs']}")

@@ -73,6 +73,7 @@ def test_llama_cpp_list_recipe_falls_back_once_and_honours_the_cap(tmp_path):
                          curate=False)
         proc = cli("run", str(recipe))
         assert proc.returncode == 0, proc.stderr
+        assert "note: the server refused response_format, so this run used the list parser" in proc.stdout
         posts = len(srv.log)
         # the cap: only max_tokens is honoured by this server
         capped = _recipe(tmp_path, "capped", srv.url, 6, f"n: 5, max_new_tokens: 12, {FAST}", curate=False)
@@ -95,7 +96,8 @@ def test_llama_cpp_ignores_n_so_n_requests_of_one_are_sent_and_a_rerun_pays_noth
     teacher = f"prompt: paraphrase-single, n: 3, temperature: 1.0, seed: 7, sampling: n, concurrency: 2, {FAST}"
     with FakeOpenAI(llama_cpp=True) as srv:
         recipe = _recipe(tmp_path, "single", srv.url, 10, teacher, curate=False)
-        cli("run", str(recipe), check=True)
+        first = cli("run", str(recipe), check=True)
+        assert "note: the server returned fewer choices than n, so this run sent n requests of one" in first.stdout
         sent = [e["client_request_id"] for e in srv.log]
         srv.log.clear()
         cli("run", str(recipe), check=True)  # every sample is stored: nothing is asked again
