@@ -406,7 +406,8 @@ class Recipe(_Strict):
     """One corpus project: where its workdir is, what it ingests, how the teacher is asked, how it exports."""
 
     name: str
-    workdir: str | None = Field(None, description="Workdir path (relative to the current directory).")
+    workdir: str | None = Field(None, description="Workdir path, relative to the recipe's folder (absent: "
+                                                "work/NAME in the current directory).")
     sources: list[SourceSpec] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     teacher: Teacher = Field(default_factory=TeacherConfig)

@@ -241,3 +241,17 @@ def test_teacher_self_bleu_equals_its_reference_bleu_by_definition():
     # the table says so, rather than printing one number twice as if it were two findings
     assert LABELS["self_bleu"] == "self-BLEU (teacher: = its BLEU (reference))"
     assert LABELS["self_bleu"] in [row[0] for row in table_rows(metrics)]
+
+
+def test_a_recipe_has_one_hash_wherever_it_is_run_from(tmp_path, monkeypatch):
+    from pipelines.manifest import recipe_hash
+    from pipelines.recipes_io import load_recipe
+
+    hashes = set()
+    for where in (tmp_path / "a", tmp_path / "b"):
+        where.mkdir()
+        monkeypatch.chdir(where)
+        recipe = load_recipe("demo")[0]
+        assert str(where) in recipe.workdir  # the workdir itself does follow the current directory
+        hashes.add(recipe_hash(recipe.model_dump(mode="json")))
+    assert len(hashes) == 1
