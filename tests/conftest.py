@@ -39,3 +39,21 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def fake_generations(wd, n_sources: int | None = None) -> None:
+    """Generations as a teacher would leave them: one request per source (the first `n_sources`), two items,
+    one copying the source."""
+    import polars as pl
+
+    rows = []
+    src = wd.read("sources").select("source_id", "text")
+    for i, (sid, text) in enumerate((src if n_sources is None else src.head(n_sources)).iter_rows()):
+        rows.append({"request_id": f"r{i:03d}", "source_id": sid, "teacher_kind": "local", "model": "m",
+                     "prompt_name": "p", "prompt_version": "p@1#x", "strategy": "list", "sample_index": 0,
+                     "n_requested": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "dtype": "float32",
+                     "seed": 0, "params_json": "{}", "raw_output": "...", "items": [f"Rewritten {i}.", text],
+                     "parse_error": None, "prompt_tokens": 3, "completion_tokens": 4, "finish_reason": "stop",
+                     "latency_s": 0.1, "run_id": "t", "cost_usd": None, "attempts": 1,
+                     "batch_id": None, "refusal": None})
+    wd.append("generations", pl.DataFrame(rows, schema_overrides={"items": pl.List(pl.String)}))

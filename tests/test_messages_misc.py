@@ -16,7 +16,7 @@ from pipelines.recipes_io import RECIPES_DIR, load_recipe
 from pipelines.steps.export import made_by
 from pipelines.store import Workdir
 from schemas.errors import InputError, RecipeError
-from tests.conftest import REPO, cli, error_line
+from tests.conftest import REPO, cli, error_line, fake_generations
 from training.data import load_splits, missing_path_reason
 
 # --- train --dataset: a path-like value that does not exist fails before any Hub call ---
@@ -73,20 +73,6 @@ def test_train_with_a_mistyped_dataset_path_is_one_line_exit_3(tmp_path):
 # --- the card's lineage: what made the workdir, never None ---
 
 
-def _fake_generations(wd: Workdir) -> None:
-    """What a teacher leaves: one request per source, two items (one copying the source)."""
-    rows = []
-    for i, (sid, text) in enumerate(wd.read("sources").select("source_id", "text").iter_rows()):
-        rows.append({"request_id": f"r{i:03d}", "source_id": sid, "teacher_kind": "local", "model": "m",
-                     "prompt_name": "p", "prompt_version": "p@1#x", "strategy": "list", "sample_index": 0,
-                     "n_requested": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "dtype": "float32",
-                     "seed": 0, "params_json": "{}", "raw_output": "...", "items": [f"Rewritten {i}.", text],
-                     "parse_error": None, "prompt_tokens": 3, "completion_tokens": 4, "finish_reason": "stop",
-                     "latency_s": 0.1, "run_id": "t", "cost_usd": None, "attempts": 1,
-                     "batch_id": None, "refusal": None})
-    wd.append("generations", pl.DataFrame(rows, schema_overrides={"items": pl.List(pl.String)}))
-
-
 def _lineage_lines(card: str) -> list[str]:
     section = card[card.index("## Lineage"):card.index("| stage | rows |")]
     return [ln for ln in section.splitlines() if ln.startswith("- ") and "with prompt" not in ln]
@@ -98,7 +84,7 @@ def test_card_of_a_workdir_built_stage_by_stage_says_so(tmp_path):
     wd = tmp_path / "wd"
     cli("ingest", str(src), "-w", str(wd), check=True)
     with Workdir(wd) as store:
-        _fake_generations(store)
+        fake_generations(store)
     cli("candidates", "-w", str(wd), check=True)
     cli("export", "-w", str(wd), "--name", "para", check=True)
     card = (wd / "exports/para/0.1.0/README.md").read_text()

@@ -11,22 +11,7 @@ from pipelines import runner
 from pipelines.sql import query
 from pipelines.store import Workdir
 from schemas.errors import QueryError
-from tests.conftest import cli, error_line
-
-
-def _fake_generations(wd: Workdir, n_sources: int) -> None:
-    """Generations as a teacher would leave them: two items per source, one copying the source."""
-    src = wd.read("sources")
-    rows = []
-    for i, (sid, text) in enumerate(src.select("source_id", "text").head(n_sources).iter_rows()):
-        rows.append({"request_id": f"r{i:03d}", "source_id": sid, "teacher_kind": "local", "model": "m",
-                     "prompt_name": "p", "prompt_version": "p@1#x", "strategy": "list", "sample_index": 0,
-                     "n_requested": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "dtype": "float32",
-                     "seed": 0, "params_json": "{}", "raw_output": "...", "items": [f"Rewritten {i}.", text],
-                     "parse_error": None, "prompt_tokens": 3, "completion_tokens": 4, "finish_reason": "stop",
-                     "latency_s": 0.1, "run_id": "t", "cost_usd": None, "attempts": 1,
-                     "batch_id": None, "refusal": None})
-    wd.append("generations", pl.DataFrame(rows, schema_overrides={"items": pl.List(pl.String)}))
+from tests.conftest import cli, error_line, fake_generations
 
 
 @pytest.fixture()
@@ -36,7 +21,7 @@ def filled(tmp_path):
     wd_path = tmp_path / "wd"
     runner.ingest([str(src)], wd_path, progress=False)
     with Workdir(wd_path) as wd:
-        _fake_generations(wd, 30)
+        fake_generations(wd, 30)
     runner.candidates(wd_path)
     return wd_path
 
