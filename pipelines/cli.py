@@ -166,6 +166,9 @@ def _print_fallbacks(s: dict) -> None:
     if s.get("structured_output_fallback"):
         out.print(f"note: the server refused response_format, so this run used the list parser "
                   f"({_short(s['structured_output_fallback'])})", style="yellow")
+    if s.get("max_tokens_fallback"):
+        out.print(f"note: the server refused max_tokens, so this run sent only max_completion_tokens "
+                  f"({_short(s['max_tokens_fallback'])})", style="yellow")
     if s.get("sampling_fallback"):
         out.print(f"note: the server returned fewer choices than n, so this run sent n requests of one "
                   f"({_short(s['sampling_fallback'])})", style="yellow")

@@ -565,6 +565,7 @@ class FakeOpenAI(LoopbackServer):
         structured_output: if False, a json_schema/json_object response_format gets a 400.
         llama_cpp: answer like llama-cpp-python's server: json_schema -> HTTP 500 naming response_format, `n`
             ignored (one choice), only `max_tokens` caps a reply (max_completion_tokens ignored).
+        one_token_field: answer like OpenAI does when both max_tokens and max_completion_tokens are sent (400).
         api_key: if set, every request needs `Authorization: Bearer <api_key>` (else 401).
         host, port: where to listen (port 0: a free port).
     """
@@ -574,7 +575,8 @@ class FakeOpenAI(LoopbackServer):
     def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None, seed: int = 0,
                  rate_limit: dict | None = None, batch_delay_s: float = 0.0,
                  flagged_words: Iterable[str] = ("kill", "hate"), structured_output: bool = True,
-                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, llama_cpp: bool = False) -> None:
+                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, llama_cpp: bool = False,
+                 one_token_field: bool = False) -> None:
         super().__init__()
         self.latency_s = float(latency_s)
         self.seed = seed
@@ -591,6 +593,7 @@ class FakeOpenAI(LoopbackServer):
         self.flagged_words = tuple(flagged_words)
         self.structured_output = structured_output
         self.llama_cpp = llama_cpp
+        self.one_token_field = one_token_field
         self.api_key = api_key
         self.host, self.port = host, port
         self.log: list[dict] = []
@@ -733,6 +736,9 @@ class FakeOpenAI(LoopbackServer):
             raise ApiError(503, "The engine is currently overloaded, please try again later.", "server_error",
                            code="service_unavailable")
 
+        if self.one_token_field and "max_tokens" in body and "max_completion_tokens" in body:
+            raise ApiError(400, "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+                           param="max_tokens")
         payload = build_completion(body, structured_output=self.structured_output, prompt_tokens=prompt_tokens,
                                    llama_cpp=self.llama_cpp)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")

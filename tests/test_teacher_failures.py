@@ -235,3 +235,57 @@ def test_failure_causes_are_classified_from_the_transport_error():
         assert describe_failure(asyncio.run(post(srv.url)))[0] == "disconnected"
         srv.set_faults({"429": 1.0})
         assert describe_failure(asyncio.run(post(srv.url)))[0] == "rate_limit"
+
+
+def test_n_fallback_interrupted_a_rerun_sends_exactly_the_missing_samples(tmp_path):
+    port = _free_port()
+    srv = FakeOpenAI(port=port, llama_cpp=True, latency_s=0.02).start()
+    teacher = f"prompt: paraphrase-single, n: 3, temperature: 1.0, seed: 3, sampling: n, concurrency: 2, {FAST}"
+    recipe = _recipe(tmp_path, "cut", srv.url, 12, teacher, curate=False)
+    wd = tmp_path / "cut"
+    cli("ingest", str(tmp_path / "cut.txt"), "-w", str(wd), check=True)
+
+    def kill_after(k: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(srv.log) < k and time.monotonic() < deadline:
+            time.sleep(0.002)
+        srv.stop()
+
+    killer = threading.Thread(target=kill_after, args=(8,), daemon=True)
+    killer.start()
+    proc = cli("generate", "-r", str(recipe))
+    killer.join(70)
+    assert proc.returncode == 9, proc.stderr
+    before = set(_gens(wd)["request_id"])
+    assert 0 < len(before) < 36
+    with FakeOpenAI(port=port, llama_cpp=True) as srv2:
+        cli("generate", "-r", str(recipe), check=True)
+        sent = [e["client_request_id"] for e in srv2.log]
+    gens = _gens(wd)
+    per_source = gens.group_by("source_id").agg(pl.col("sample_index").sort())
+    assert per_source.height == 12 and per_source["sample_index"].to_list() == [[0, 1, 2]] * 12
+    assert gens["request_id"].n_unique() == gens.height == 36
+    assert len(sent) == len(set(sent)) == 36 - len(before) and not set(sent) & before  # nothing paid twice
+
+
+def test_a_server_refusing_both_token_fields_gets_max_completion_tokens_only(tmp_path):
+    with FakeOpenAI(one_token_field=True) as srv:
+        recipe = _recipe(tmp_path, "strict", srv.url, 6, f"n: 2, max_new_tokens: 12, concurrency: 1, {FAST}",
+                         curate=False)
+        proc = cli("run", str(recipe))
+        posts = len(srv.log)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the server refused max_tokens, so this run sent only max_completion_tokens" in proc.stdout
+    assert _gens(tmp_path / "strict").height == 6 and posts == 7  # one refused post, then every request once
+    stage = _teacher_stage(tmp_path / "strict")
+    assert stage["max_tokens_fields"] == ["max_completion_tokens"] and stage["failed"] == 0
+    assert "at the same time is not supported" in stage["max_tokens_fallback"]
+
+
+def test_a_key_echoed_by_a_server_is_never_stored():
+    from curation.teachers.openai_chat import ChatTeacher
+
+    teacher = ChatTeacher.__new__(ChatTeacher)
+    teacher._key = "sk-secret-123"
+    assert teacher._redact(("client_error", "HTTP 403: bad key sk-secret-123 for /v1")) == (
+        "client_error", "HTTP 403: bad key *** for /v1")

@@ -58,7 +58,8 @@ def test_twenty_percent_faults_every_source_ends_generated_or_failed(tmp_path):
               "length": 0.02, "refusal": 0.01}
     assert abs(sum(faults.values()) - 0.20) < 1e-9
     with FakeOpenAI(faults=faults, seed=3, api_key=KEY) as srv:
-        s = runner.generate(wd, _chat(srv, max_retries=1, timeout_s=0.5, on_failures="continue"), progress=False)
+        s = runner.generate(wd, _chat(srv, max_retries=1, timeout_s=0.5, on_failures="continue", concurrency=1),
+                            progress=False)  # one at a time: the seeded faults land on the same requests each run
         faulted = {e["fault"] for e in srv.log if e["fault"]}
     assert {"429", "500", "malformed", "disconnect"} <= faulted
     gens, fails = _gens(wd), _fails(wd)

@@ -360,6 +360,7 @@ class ChatTeacher:
         self.base_url, self._key = resolve_server(base_url, api_key_env)
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.token_fields = max_tokens_fields(max_tokens_field, self.base_url)
+        self.token_fallback: str | None = None  # why max_tokens stopped being sent, if it did
         self.structured = structured_output != "off" and list_mode
         self.structured_auto = structured_output == "auto"
         self.concurrency, self.timeout_s = concurrency, timeout_s
@@ -380,6 +381,21 @@ class ChatTeacher:
     def _backoff(self, attempt: int, server_wait: float | None) -> float:
         jitter = self._rng.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
         return max(jitter, server_wait or 0.0)
+
+    def _redact(self, described: tuple[str, str]) -> tuple[str, str]:
+        """The key never reaches a stored error, even when a proxy echoes it back."""
+        kind, error = described
+        return kind, error.replace(self._key, "***") if self._key else error
+
+    def _drop_max_tokens(self, error: str) -> bool:
+        """A 400 naming max_tokens while it is sent (OpenAI behind another host name refuses it, alone or beside
+        max_completion_tokens): send only max_completion_tokens for the rest of the run."""
+        if ("max_tokens" not in error or "supported" not in error.lower()
+                or "max_tokens" not in self.token_fields):
+            return False
+        self.token_fields = ("max_completion_tokens",)
+        self.token_fallback = " ".join(error.split())[:MAX_ERROR_CHARS]
+        return True
 
     def _fall_back(self, reason: str) -> None:
         if self.structured:
@@ -408,7 +424,8 @@ class ChatTeacher:
                 self.gate.on_success(raw.headers)
                 if structured:
                     self._structured_ok = True
-                elif probe:  # the request failed with response_format and succeeds without it
+                elif probe and not self._structured_ok:  # failed with response_format, succeeds without it
+                    # (unless another request meanwhile showed that response_format works: then it was a hiccup)
                     self._fall_back(f"{probe_reason} (the same request without response_format succeeded)")
                 return result
             except openai.AuthenticationError as e:
@@ -416,15 +433,21 @@ class ChatTeacher:
                                  "the environment variable named by teacher.api_key_env") from e
             except openai.APIStatusError as e:
                 status = e.status_code
-                kind, error = describe_failure(e)
-                if structured and self.structured_auto and status >= 400 and status not in NOT_FORMAT_STATUS:
+                kind, error = self._redact(describe_failure(e))
+                if status == 400 and self._drop_max_tokens(error):  # an OpenAI-like server refusing max_tokens
+                    attempt -= 1
+                    continue
+                if (structured and self.structured_auto and status >= 400 and status not in NOT_FORMAT_STATUS
+                        and not self._structured_ok):
                     # the server says it cannot do response_format; or, before any structured request succeeded, a
                     # 4xx (or the same 5xx twice) that a request without response_format does not get
                     if names_format(error):
                         self._fall_back(error)
                         attempt -= 1
                         continue
-                    refused = status < 500 or (status == last_status)  # a 5xx only when it repeats
+                    # a 500 only when it repeats (llama.cpp's answer to json_schema); 502/503/504 are a server
+                    # starting up or overloaded, never a refusal of the format
+                    refused = status < 500 or (status == 500 == last_status)
                     if refused and not self._structured_ok and not probed:  # ask once without it: is that it?
                         probe, probed, probe_reason = True, True, error
                         attempt -= 1
@@ -439,7 +462,7 @@ class ChatTeacher:
                 elif status not in RETRYABLE_STATUS and status < 500:
                     return self._failed(req, error, status, kind, attempt, t0)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                kind, error = describe_failure(e)
+                kind, error = self._redact(describe_failure(e))
             except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as e:
                 kind, error = "invalid_response", f"malformed response: {type(e).__name__}: {e}"[:MAX_ERROR_CHARS]
             finally:

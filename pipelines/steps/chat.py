@@ -328,7 +328,7 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
                  base_url=teacher.base_url, prompt_version=template.version_id, posts=teacher.posts,
                  structured_output=teacher.structured, structured_output_fallback=teacher.fallback_reason,
                  sampling_fallback=teacher.n_fallback, samples_added=expanded[0],
-                 max_tokens_fields=list(teacher.token_fields),
+                 max_tokens_fields=list(teacher.token_fields), max_tokens_fallback=teacher.token_fallback,
                  stopped_at_budget=budget.stopped, spent_total_usd=round(spent0 + counts["cost_usd"], 6),
                  max_cost=cfg.max_cost, on_failures=cfg.on_failures, seconds=round(time.perf_counter() - t0, 3))
     stats["requests_per_s"] = round((counts["generated"] + counts["failed"]) / max(stats["seconds"], 1e-9), 2)
