@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from schemas.errors import StateError, UserError
+from schemas.errors import StateError, UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Build, curate, query and export paraphrase-distillation datasets.")
@@ -156,22 +156,17 @@ def _print_teacher(s: dict) -> None:
         out.print(f"{s['pending_batches']} batch(es) still running; rerun the same command to collect them")
 
 
-def _short(reason: object, width: int = 200) -> str:
-    line = " ".join(str(reason).split())
-    return line if len(line) <= width else line[: width - 3] + "..."
-
-
 def _print_fallbacks(s: dict) -> None:
     """What the teacher changed on its own because the server is not OpenAI (also in the run manifest)."""
     if s.get("structured_output_fallback"):
         out.print(f"note: the server refused response_format, so this run used the list parser "
-                  f"({_short(s['structured_output_fallback'])})", style="yellow")
+                  f"({one_line(s['structured_output_fallback'], 200)})", style="yellow")
     if s.get("max_tokens_fallback"):
         out.print(f"note: the server refused max_tokens, so this run sent only max_completion_tokens "
-                  f"({_short(s['max_tokens_fallback'])})", style="yellow")
+                  f"({one_line(s['max_tokens_fallback'], 200)})", style="yellow")
     if s.get("sampling_fallback"):
         out.print(f"note: the server returned fewer choices than n, so this run sent n requests of one "
-                  f"({_short(s['sampling_fallback'])})", style="yellow")
+                  f"({one_line(s['sampling_fallback'], 200)})", style="yellow")
 
 
 @app.command()

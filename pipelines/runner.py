@@ -22,7 +22,7 @@ from pipelines.steps.pairs import unique_pairs
 from pipelines.steps.report import write_workdir_report
 from pipelines.steps.score import available_columns, score
 from pipelines.store import Workdir
-from schemas.errors import BudgetReached, RecipeError, StateError, TeacherFailed
+from schemas.errors import BudgetReached, RecipeError, StateError, TeacherFailed, one_line
 from schemas.recipe import (
     BatchTeacherConfig,
     ChatTeacherConfig,
@@ -113,18 +113,13 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
     return stats
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def failure_cause(summary: dict) -> str:
     """'connection refused (ClientConnectorError: ...), 12 times' from a `top_failure` dict."""
     top = summary.get("top_failure")
     if not top:
         return "unknown"
     kind = str(top.get("kind") or "unknown").replace("_", " ")
-    return f"{kind} ({_one_line(top.get('error') or '')}), {top['count']} time{'s' if top['count'] != 1 else ''}"
+    return f"{kind} ({one_line(top.get('error') or '')}), {top['count']} time{'s' if top['count'] != 1 else ''}"
 
 
 def _failed_requests(wd: Workdir, stats: dict, manifest: RunManifest, curating: bool) -> TeacherFailed:

@@ -9,6 +9,12 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def one_line(text: object, limit: int = 400) -> str:
+    """`text` with its whitespace runs (newlines included) as single spaces, cut to `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad recipe, malformed input). Never shown as a traceback."""
 

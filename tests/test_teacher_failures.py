@@ -289,3 +289,14 @@ def test_a_key_echoed_by_a_server_is_never_stored():
     teacher._key = "sk-secret-123"
     assert teacher._redact(("client_error", "HTTP 403: bad key sk-secret-123 for /v1")) == (
         "client_error", "HTTP 403: bad key *** for /v1")
+
+
+def test_the_most_common_cause_counts_one_cause_whatever_ids_it_names():
+    from pipelines.steps.chat import FailureTally
+
+    tally = FailureTally()
+    for i in range(5):
+        tally.add("server_error", f"HTTP 500: The server had an error. Request ID req_{i:04x}abcd in your message")
+    tally.add("timeout", "APITimeoutError: Request timed out.")
+    top = tally.stats()["top_failure"]
+    assert top["kind"] == "server_error" and top["count"] == 5 and "req_0000abcd" in top["error"]

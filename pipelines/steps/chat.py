@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -132,16 +133,24 @@ class FailureTally:
     def __init__(self) -> None:
         self.kinds: Counter[str] = Counter()
         self.causes: Counter[tuple[str, str]] = Counter()
+        self.examples: dict[tuple[str, str], str] = {}
 
     def add(self, kind: str | None, error: str | None) -> None:
-        kind = kind or "unknown"
+        kind, error = kind or "unknown", error or "unknown error"
         self.kinds[kind] += 1
-        self.causes[(kind, error or "unknown error")] += 1
+        key = (kind, _VARYING.sub("#", error))  # one cause, whatever request id, port or count it names
+        self.causes[key] += 1
+        self.examples.setdefault(key, error)
 
     def stats(self) -> dict:
         top = self.causes.most_common(1)
         return {"failures_by_kind": dict(self.kinds.most_common()),
-                "top_failure": ({"kind": top[0][0][0], "error": top[0][0][1], "count": top[0][1]} if top else None)}
+                "top_failure": ({"kind": top[0][0][0], "error": self.examples[top[0][0]], "count": top[0][1]}
+                                if top else None)}
+
+
+# what differs between failures of one cause: request ids (req_...), hex ids, numbers
+_VARYING = re.compile(r"\b(?:req_[0-9A-Za-z]+|[0-9a-f]{8,}|\d+)\b")
 
 
 def open_failures(wd: Workdir) -> dict:
