@@ -178,7 +178,7 @@ def test_nli_scorer_and_graph_dedup_with_a_tiny_model(corpus, tmp_path):
     recipe = REPO / "pipelines/recipes/impossible.yaml"
     text = recipe.read_text().replace("alisawuffles/roberta-large-wanli", str(model))
     text = text.replace("nli_threshold: 0.75", "nli_threshold: 0.0\n  nli_min_cosine: -1.0")
-    text = text.replace("work/impossible", str(tmp_path / "imp"))
+    text = text.replace("name: impossible\n", f"name: impossible\nworkdir: {tmp_path / 'imp'}\n")
     (tmp_path / "imp.yaml").write_text(text)
     cli("ingest-pairs", str(corpus), "--source-column", "text", "--paraphrase-column", "paraphrases",
         "-w", str(tmp_path / "imp"), check=True)
