@@ -65,7 +65,8 @@ def _cost(task: Task) -> str:
     if cost is None:
         return ""
     projected = task.fields.get("projected")
-    return f"${cost:,.4f}" + (f" of ~${projected:,.2f}" if projected is not None else "")
+    total = "" if projected is None else f" of ~${projected:,.2f}" if projected >= 1 else f" of ~${projected:,.4f}"
+    return f"${cost:,.4f}{total}"
 
 
 def _clock(seconds: float | None) -> str:
