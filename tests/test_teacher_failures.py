@@ -57,6 +57,19 @@ def _manifests(wd: Path) -> list[dict]:
                   key=lambda m: m["started_at"])
 
 
+def _stop_after(srv: FakeOpenAI, k: int) -> threading.Thread:
+    """Stop the server (as a kill would) once it has seen `k` requests, from a thread."""
+    def stop() -> None:
+        deadline = time.monotonic() + 60
+        while len(srv.log) < k and time.monotonic() < deadline:
+            time.sleep(0.002)
+        srv.stop()
+
+    thread = threading.Thread(target=stop, daemon=True)
+    thread.start()
+    return thread
+
+
 def _teacher_stage(wd: Path) -> dict:
     """The teacher stats of the last run that sent requests."""
     return next(m["stages"]["generate"] for m in reversed(_manifests(wd))
@@ -154,14 +167,7 @@ def test_server_killed_mid_run_exits_9_and_a_rerun_sends_only_the_rest(tmp_path)
     wd = tmp_path / "killed"
     cli("ingest", str(tmp_path / "killed.txt"), "-w", str(wd), check=True)
 
-    def kill_after(k: int) -> None:
-        deadline = time.monotonic() + 60
-        while len(srv.log) < k and time.monotonic() < deadline:
-            time.sleep(0.002)
-        srv.stop()
-
-    killer = threading.Thread(target=kill_after, args=(10,), daemon=True)
-    killer.start()
+    killer = _stop_after(srv, 10)
     proc = cli("generate", "-r", str(recipe))
     killer.join(70)
     line = error_line(proc)
@@ -245,14 +251,7 @@ def test_n_fallback_interrupted_a_rerun_sends_exactly_the_missing_samples(tmp_pa
     wd = tmp_path / "cut"
     cli("ingest", str(tmp_path / "cut.txt"), "-w", str(wd), check=True)
 
-    def kill_after(k: int) -> None:
-        deadline = time.monotonic() + 60
-        while len(srv.log) < k and time.monotonic() < deadline:
-            time.sleep(0.002)
-        srv.stop()
-
-    killer = threading.Thread(target=kill_after, args=(8,), daemon=True)
-    killer.start()
+    killer = _stop_after(srv, 8)
     proc = cli("generate", "-r", str(recipe))
     killer.join(70)
     assert proc.returncode == 9, proc.stderr
