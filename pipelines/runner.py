@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
         return stats
     if not isinstance(cfg, ContextualTeacherConfig) and wd.count("sources") == 0:
         raise StateError(f"{wd.root}: no sources to generate from; ingest some first: "
-                         f"paradistill ingest FILE -w {wd.root}")
+                         f"paradistill ingest FILE -w {shlex.quote(str(wd.root))}")
     if isinstance(cfg, ContextualTeacherConfig):
         from pipelines.steps.contextual import generate_contextual
 
@@ -131,8 +132,9 @@ def _failed_requests(wd: Workdir, stats: dict, manifest: RunManifest, curating: 
     err = TeacherFailed(
         f"{failed} of {total} teacher request(s) failed after every retry; most common cause: "
         f"{failure_cause(stats)}; {where}. Fix the cause and rerun the same command: only the failed requests are "
-        f"sent again (see them: paradistill sql -w {wd.root} \"SELECT failure_kind, error FROM request_failures "
-        f"WHERE run_id = '{manifest.run_id}'\"), or set teacher.on_failures: continue to go on with what succeeded")
+        f"sent again (see them: paradistill sql -w {shlex.quote(str(wd.root))} \"SELECT failure_kind, error FROM "
+        f"request_failures WHERE run_id = '{manifest.run_id}'\"), or set teacher.on_failures: continue to go on "
+        "with what succeeded")
     err.stats = {**stats, "run_id": manifest.run_id}  # the teacher's stats, for a notebook that catches it
     return err
 

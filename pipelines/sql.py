@@ -191,8 +191,8 @@ def frame_to_csv(df: pl.DataFrame) -> str:
         return pl.Series(c, [None if v is None else json.dumps(jsonable(v), ensure_ascii=False, allow_nan=False)
                              for v in values], dtype=pl.String)
 
-    simple = (pl.List, pl.Array, pl.Struct, pl.Binary) + ((pl.Map,) if hasattr(pl, "Map") else ())
-    nested = {c: t for c, t in df.schema.items() if isinstance(t, simple) or t == pl.Binary}
+    no_csv_cell = (pl.List, pl.Array, pl.Struct, pl.Binary, *((pl.Map,) if hasattr(pl, "Map") else ()))
+    nested = {c: t for c, t in df.schema.items() if isinstance(t, no_csv_cell)}
     if nested:
         df = df.with_columns(as_text(c, t) for c, t in nested.items())
     return df.write_csv()
