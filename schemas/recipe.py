@@ -230,13 +230,37 @@ class DedupConfig(_Strict):
     across_sources: float | None = Field(
         0.98, ge=0.0, le=1.0, description="Cosine at or above which paraphrases of different sources are duplicates.")
     neighbors: int = Field(16, ge=1, le=1024, description="Nearest neighbours searched per paraphrase (corpus).")
-    index: Literal["auto", "flat", "hnsw"] = Field(
-        "auto", description="auto = exact flat index up to exact_max vectors, HNSW above.")
-    exact_max: int = Field(100_000, ge=1)
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="auto = exact flat search up to exact_max vectors, ivf above. ivf: FAISS inverted lists "
+        "over 8-bit coded vectors (memory: one byte per dimension), every candidate re-scored exactly; its recall "
+        "against exact search is measured on a sample and recorded.")
+    exact_max: int = Field(20_000, ge=1, description="Largest corpus searched all-against-all (index: auto).")
+    ivf_lists: int | None = Field(None, ge=1, description="ivf: number of clusters; empty = about 4 x sqrt(n).")
+    ivf_probe: int = Field(16, ge=1, description="ivf: clusters searched per query (more = higher recall, slower).")
+    recall_sample: int = Field(1000, ge=0, description="Queries checked against exact search when the index is "
+                               "approximate (0 = do not measure).")
     nli_graph: bool = Field(False, description="Method B's graph dedup; needs nli.model.")
     nli_threshold: float = Field(0.75, ge=0.0, le=1.0)
     nli_min_cosine: float = Field(
         0.5, ge=-1.0, le=1.0, description="Only paraphrase pairs at least this similar are sent to the NLI model.")
+
+
+class ExecutionConfig(_Strict):
+    """How curation runs on this machine: partitions of bounded size, CPU work in a pool of worker processes."""
+
+    partition_size: int = Field(
+        50_000, ge=64, le=10_000_000, description="Pairs per partition of the per-pair stages (score, NLI) and "
+        "texts per partition of the per-text ones (embed, parse): peak memory follows it, not the corpus size.")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="Worker processes for the CPU-bound work (spaCy parse, metric kernels); auto = one per "
+        "core of this machine, 1 = everything in this process.")
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("workers must be auto or a positive number")
+        return v
 
 
 class ScoreConfig(_Strict):
@@ -414,6 +438,7 @@ class Recipe(_Strict):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     nli: NLIConfig = Field(default_factory=NLIConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     filter: FilterConfig | None = Field(None, description="Absent = no curation stages (embed/dedup/score/filter).")
     report: ReportConfig = Field(default_factory=ReportConfig)
