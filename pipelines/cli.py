@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from schemas.errors import StateError, UserError, one_line
+from schemas.errors import RecipeError, StateError, UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Build, curate, query and export paraphrase-distillation datasets.")
@@ -37,6 +37,12 @@ WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", "-w", envvar="PARA
                                                  help="Workdir (the store). Default: the recipe's.")]
 INTERRUPTED = 130  # Ctrl-C: the exit code shells use for SIGINT
 RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe YAML path or shipped name.")]
+PartitionOpt = Annotated[int | None, typer.Option(
+    "--partition-size", help="Pairs per partition of the per-pair stages (recipe execution.partition_size, default "
+    "50000): peak memory follows it, never the corpus size.")]
+WorkersOpt = Annotated[str | None, typer.Option(
+    "--workers", help="Worker processes for parsing and scoring: auto (one per core) or a number; 1 = all in this "
+    "process (recipe execution.workers).")]
 
 
 def _recipe_and_workdir(recipe: str | None, workdir: Path | None):
@@ -238,11 +244,28 @@ def ingest_pairs(
               f"quarantined; {s['sources_new']} new source(s); candidates +{s['candidates']['pairs']}{note}")
 
 
-def _curate_verb(upto: str, workdir: Path | None, recipe: str | None) -> dict:
+def _with_execution(r, partition_size: int | None, workers: str | None):
+    """The recipe (or the defaults) with --partition-size / --workers applied, validated as the recipe would be."""
+    from pipelines.recipes_io import validated
+    from schemas.recipe import ExecutionConfig, Recipe
+
+    r = r or Recipe(name="adhoc")
+    given = {k: v for k, v in (("partition_size", partition_size), ("workers", workers)) if v is not None}
+    if given:
+        if "workers" in given and given["workers"] != "auto":
+            if not given["workers"].strip().isdigit():
+                raise RecipeError(f"--workers {given['workers']!r}: give auto or a number of processes (1 = none)")
+            given["workers"] = int(given["workers"])
+        r.execution = validated(ExecutionConfig, {**r.execution.model_dump(), **given}, "command-line options")
+    return r
+
+
+def _curate_verb(upto: str, workdir: Path | None, recipe: str | None, partition_size: int | None = None,
+                 workers: str | None = None) -> dict:
     from pipelines import runner
 
     r, wd = _recipe_and_workdir(recipe, workdir)
-    res = runner.curate(wd, r, upto)
+    res = runner.curate(wd, _with_execution(r, partition_size, workers), upto)
     _print_curation(res)
     return res
 
@@ -270,48 +293,53 @@ def _print_curation(res: dict) -> None:
 
 
 @app.command()
-def embed(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+def embed(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
+          workers: WorkersOpt = None) -> None:
     """Embed every unique source and paraphrase once per model (cached in the embeddings table).
 
     Example: paradistill embed -w work/demo -r demo
     """
-    _curate_verb("embed", workdir, recipe)
+    _curate_verb("embed", workdir, recipe, partition_size, workers)
 
 
 @app.command()
-def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
+          workers: WorkersOpt = None) -> None:
     """Exact, FAISS-semantic and NLI-graph dedup (embeds first if needed); see the dedup_links table.
 
     Example: paradistill dedup -w work/demo -r demo
     """
-    _curate_verb("dedup", workdir, recipe)
+    _curate_verb("dedup", workdir, recipe, partition_size, workers)
 
 
 @app.command()
-def score(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+def score(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
+          workers: WorkersOpt = None) -> None:
     """Score every pair with the recipe's scorers (runs embed and dedup first if needed).
 
     Example: paradistill score -w work/demo -r impossible
     """
-    _curate_verb("score", workdir, recipe)
+    _curate_verb("score", workdir, recipe, partition_size, workers)
 
 
 @app.command("filter")
-def filter_(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+def filter_(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
+            workers: WorkersOpt = None) -> None:
     """Apply the recipe's rules: decisions (kept / dropped with reasons) and the funnel.
 
     Example: paradistill filter -w work/demo -r diverse
     """
-    _curate_verb("filter", workdir, recipe)
+    _curate_verb("filter", workdir, recipe, partition_size, workers)
 
 
 @app.command()
-def curate(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+def curate(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
+           workers: WorkersOpt = None) -> None:
     """embed -> dedup -> score -> filter -> report, each skipped when its inputs are unchanged.
 
     Example: paradistill curate -w work/demo -r demo
     """
-    _curate_verb("report", workdir, recipe)
+    _curate_verb("report", workdir, recipe, partition_size, workers)
 
 
 @app.command()
@@ -359,6 +387,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Ingest, then print the teacher's estimated requests, "
                                                             "tokens and dollars; send nothing.")] = False,
     max_cost: Annotated[float | None, typer.Option(help="Stop the teacher at this many USD (resumable).")] = None,
+    partition_size: PartitionOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Run a recipe end to end: ingest -> teacher -> candidates -> curation -> export. Rerun to resume.
 
@@ -368,7 +398,7 @@ def run(
     from pipelines.recipes_io import load_recipe
     from pipelines.sql import query as run_query
 
-    r = load_recipe(recipe)[0]
+    r = _with_execution(load_recipe(recipe)[0], partition_size, workers)
     if max_cost is not None:
         r.teacher = _teacher_config(r, {"max_cost": max_cost})
     res = runner.run(r, workdir, dry_run=dry_run)

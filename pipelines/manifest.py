@@ -22,8 +22,9 @@ def package_version() -> str:
 
 def recipe_hash(recipe_dict: dict) -> str:
     """Hash of what a recipe makes: its workdir (where the result is stored, an absolute path resolved from the
-    recipe's folder or the current directory) is left out, so one recipe has one hash wherever it is run from."""
-    made = {k: v for k, v in recipe_dict.items() if k != "workdir"}
+    recipe's folder or the current directory) and its execution settings (partition size and workers change how
+    fast, never what) are left out, so one recipe has one hash wherever and however it is run."""
+    made = {k: v for k, v in recipe_dict.items() if k not in ("workdir", "execution")}
     canon = json.dumps(made, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

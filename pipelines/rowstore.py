@@ -87,8 +87,13 @@ class _Index:
         return int(self.keys.size)
 
 
+def _index_path(path: Path) -> Path:
+    return path.with_suffix(".idx.npz")
+
+
 def _clean_old(folder: Path, prefix: str, keep: str) -> None:
-    for p in folder.glob(f"{prefix}-*"):
+    """Remove the stale stores of one kind and any half-written file (the workdir lock makes us the writer)."""
+    for p in [*folder.glob(f"{prefix}-*"), *folder.glob(".tmp-*")]:
         if not p.name.startswith(keep):
             p.unlink(missing_ok=True)
 
@@ -108,11 +113,16 @@ class VectorStore:
         folder.mkdir(parents=True, exist_ok=True)
         shards = wd.shards("embeddings")
         name = f"vectors-{_fingerprint(shards, model_id)}"
-        path, idx_path = folder / f"{name}.npy", folder / f"{name}.idx.npz"
-        if not (path.exists() and idx_path.exists()):
+        path = folder / f"{name}.npy"
+        if not (path.exists() and _index_path(path).exists()):
             _clean_old(folder, "vectors", name)
-            cls._build(wd, shards, model_id, path, idx_path)
-        return cls(path, _Index.load(idx_path))
+            cls._build(wd, shards, model_id, path, _index_path(path))
+        return cls.at(path)
+
+    @classmethod
+    def at(cls, path: Path) -> VectorStore:
+        """A store already built (a pool worker opens the parent's by path)."""
+        return cls(path, _Index.load(_index_path(path)))
 
     @staticmethod
     def _build(wd: Workdir, shards: list[Path], model_id: str, path: Path, idx_path: Path) -> None:
@@ -180,7 +190,8 @@ class RowsStore:
         folder.mkdir(parents=True, exist_ok=True)
         shards = wd.shards(table)
         name = f"{table}-{_fingerprint(shards, label, key_col, *columns)}"
-        path, idx_path = folder / f"{name}.arrow", folder / f"{name}.idx.npz"
+        path = folder / f"{name}.arrow"
+        idx_path = _index_path(path)
         if not (path.exists() and idx_path.exists()):
             _clean_old(folder, table, name)
             sel = _selected_rows(wd, table, key_col, where)
@@ -195,7 +206,11 @@ class RowsStore:
                         writer.write_table(part.to_arrow().cast(arrow_schema))
             _Index.of(sel.get_column("key")).save(idx_path)
             os.replace(tmp, path)
-        return cls(path, _Index.load(idx_path))
+        return cls.at(path)
+
+    @classmethod
+    def at(cls, path: Path) -> RowsStore:
+        return cls(path, _Index.load(_index_path(path)))
 
     def take(self, keys: pl.Series | list[str]) -> pl.DataFrame:
         """The stored rows of `keys`, in order (every key must be stored)."""

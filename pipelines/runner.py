@@ -6,10 +6,13 @@ import shlex
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.embedding import resolve_device
 from curation.filters import validate as validate_rules
 from pipelines.manifest import RunManifest, close_stale_runs
+from pipelines.pool import Pool, resolve_workers
 from pipelines.progress import make_progress
 from pipelines.recipes_io import load_recipe, validated
+from pipelines.steps.analyses import Background, parse_missing
 from pipelines.steps.candidates import build_candidates
 from pipelines.steps.dedup import dedup
 from pipelines.steps.dedup import methods as dedup_methods
@@ -19,9 +22,9 @@ from pipelines.steps.filter import run_filter
 from pipelines.steps.generate import generate as _generate
 from pipelines.steps.import_pairs import import_pairs
 from pipelines.steps.ingest import ingest_sources
-from pipelines.steps.pairs import unique_pairs
+from pipelines.steps.pairs import unique_pairs, unique_texts
 from pipelines.steps.report import write_workdir_report
-from pipelines.steps.score import available_columns, score
+from pipelines.steps.score import available_columns, needs_parse, score
 from pipelines.store import Workdir
 from schemas.errors import BudgetReached, RecipeError, StateError, TeacherFailed, one_line
 from schemas.recipe import (
@@ -224,14 +227,29 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
                                 "only the failed requests are sent again")
         raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
     out: dict = {}
-    out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
-    manifest.record_stage("embed", out["embed"])
-    if "dedup" in stages:
-        out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog)
-        manifest.record_stage("dedup", out["dedup"])
-    if "score" in stages:
-        out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, prog)
-        manifest.record_stage("score", out["score"])
+    with Pool(resolve_workers(recipe.execution.workers)) as pool:
+        parse = None
+        if "score" in stages and needs_parse(recipe.score) and resolve_device(recipe.embed.device) != "cpu":
+            # CPU workers parse while the GPU embeds. With the encoder on the CPU, its threads already use every
+            # core and sharing them costs more than it overlaps (measured), so the pool parses after it.
+            parse = Background(parse_missing, wd, unique_texts(pairs), recipe.score.spacy_model, pool, prog)
+        try:
+            out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
+            manifest.record_stage("embed", out["embed"])
+            if "dedup" in stages:
+                out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog)
+                manifest.record_stage("dedup", out["dedup"])
+            if parse is not None:
+                out["parse"] = parse.result()
+                manifest.record_stage("parse", out["parse"])
+        except BaseException:
+            if parse is not None:
+                parse.stop.set()  # no new parse tasks; the pool's exit ends the running ones
+            raise
+        if "score" in stages:
+            out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, pool,
+                                 recipe.execution.partition_size, prog)
+            manifest.record_stage("score", out["score"])
     if "filter" in stages:
         rows = wd.count("candidates")
         out["filter"] = run_filter(wd, fcfg, pairs, rows, dedup_methods(recipe.dedup))

@@ -1,12 +1,21 @@
-"""spaCy lemmas and dependency trees, once per unique text and analyser (analyses table)."""
+"""Parse step: spaCy lemmas and dependency trees, once per unique text and analyser (analyses table).
+
+Texts are parsed in tasks of bounded size by the process pool (one spaCy per worker) and each task's result is
+a shard, so an interrupted parse resumes after its last written task and memory follows the task size.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import polars as pl
 
+from pipelines.pool import Pool
+from pipelines.rowstore import RowsStore
 from pipelines.store import Workdir
 
-CHUNK = 4096  # texts per stored shard
+TASK_TEXTS = 2048  # texts per pool task and stored shard: an interrupted parse loses at most this many per worker
 
 
 def analyzer_id(spacy_model: str) -> str:
@@ -16,26 +25,77 @@ def analyzer_id(spacy_model: str) -> str:
     return f"spacy:{spacy_model}@{version}"
 
 
-def analyses(wd: Workdir, texts: pl.DataFrame, spacy_model: str, progress=None) -> pl.DataFrame:
-    """(text_id, lemmas, tree, n_tokens) for every row of `texts` (text_id, text), parsing only the new ones."""
+def _parse_task(task: tuple[str, list[str]]) -> pl.DataFrame:
+    """(lemmas, tree, n_tokens) of each text: runs in a pool worker (spaCy loaded once per process)."""
     from curation.metrics.syntax import analyse, load_spacy
 
+    spacy_model, texts = task
+    return analyse(texts, load_spacy(spacy_model))
+
+
+def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool, progress=None,
+                  stop: threading.Event | None = None) -> dict:
+    """Parse the texts of `texts` (text_id, text) that have no stored analysis for this analyser."""
+    from curation.metrics.syntax import load_spacy
+
+    t0 = time.perf_counter()
     aid = analyzer_id(spacy_model)
-    stored = (wd.scan("analyses").filter(pl.col("analyzer") == aid)
-              .filter(pl.col("text_id").is_in(texts.get_column("text_id").implode()))
-              .select("text_id", "lemmas", "tree", "n_tokens").collect().unique("text_id", keep="first"))
-    todo = texts.join(stored, on="text_id", how="anti")
-    new = []
-    if todo.height:
-        nlp = load_spacy(spacy_model)
-        task = progress.add_task("parse", total=todo.height, unit="texts") if progress else None
-        for start in range(0, todo.height, CHUNK):
-            chunk = todo.slice(start, CHUNK)
-            parsed = analyse(chunk.get_column("text").to_list(), nlp)
-            rows = pl.concat([chunk.select("text_id"), parsed], how="horizontal").with_columns(analyzer=pl.lit(aid))
-            wd.append("analyses", rows)
-            new.append(rows.select("text_id", "lemmas", "tree", "n_tokens"))
-            if task is not None:
-                progress.advance(task, chunk.height)
-    table = pl.concat([stored, *new]) if new else stored
-    return texts.select("text_id").join(table, on="text_id", how="left", maintain_order="left")
+    load_spacy(spacy_model)  # a missing model is one clear error here, not one per worker
+    done = wd.scan("analyses").filter(pl.col("analyzer") == aid).select("text_id").collect().get_column("text_id")
+    todo = texts.filter(~pl.col("text_id").is_in(done.implode()))
+    stats = {"analyzer": aid, "texts": texts.height, "cached": texts.height - todo.height, "parsed": 0,
+             "workers": pool.workers}
+    task = progress.add_task("parse", total=todo.height, unit="texts") if (progress and todo.height) else None
+    chunks = (todo.slice(start, TASK_TEXTS) for start in range(0, todo.height, TASK_TEXTS))
+    pending = []
+
+    def tasks():
+        for chunk in chunks:
+            if stop is not None and stop.is_set():
+                return
+            pending.append(chunk.get_column("text_id"))
+            yield spacy_model, chunk.get_column("text").to_list()
+
+    for parsed in pool.map(_parse_task, tasks(), n_tasks=-(-todo.height // TASK_TEXTS)):
+        ids = pending.pop(0)
+        wd.append("analyses", parsed.with_columns(text_id=ids, analyzer=pl.lit(aid)))
+        stats["parsed"] += ids.len()
+        if task is not None:
+            progress.advance(task, ids.len())
+    secs = time.perf_counter() - t0
+    stats["texts_per_s"] = round(stats["parsed"] / secs, 1) if stats["parsed"] and secs > 0 else None
+    stats["seconds"] = round(secs, 3)
+    return stats
+
+
+def analyses_store(wd: Workdir, spacy_model: str) -> RowsStore:
+    """Every stored analysis of this analyser, by text_id (built once after the parse)."""
+    aid = analyzer_id(spacy_model)
+    return RowsStore.open(wd, "analyses", "text_id", pl.col("analyzer") == aid, ["lemmas", "tree", "n_tokens"], aid)
+
+
+class Background:
+    """A step run in a thread beside the main one (the parse beside the encoder); `result()` joins it."""
+
+    def __init__(self, fn, *args, **kwargs):
+        self.stop = threading.Event()
+        self._out: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn, args, {**kwargs, "stop": self.stop}),
+                                        daemon=True, name="paradistill-background")
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._out["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by result()
+            self._out["error"] = e
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self._thread.join()

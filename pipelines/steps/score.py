@@ -1,26 +1,33 @@
 """Score step: every unique pair scored by the recipe's scorers into one `scores` set per score_set id.
 
 A set is keyed by the scorer settings, the model ids and the pair set, so a rerun with the same inputs reuses
-it; a new set is cheap because embeddings, parses and NLI probabilities are cached per text (pair).
+it. The pairs are scored in partitions (a source's pairs together) by the process pool; each partition is one
+shard of the set, so an interrupted score resumes after its last written partition. A partition reads its
+vectors and parses from the row stores (pipelines/rowstore.py) and its NLI probabilities through the cache.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from curation.scoring import PairAnalyses, score_pairs
+from pipelines.partitions import by_source
+from pipelines.pool import Pool
+from pipelines.rowstore import RowsStore, VectorStore
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
-from pipelines.steps.analyses import analyses, analyzer_id
+from pipelines.steps.analyses import analyses_store, analyzer_id, parse_missing
 from pipelines.steps.pairs import content_key, pair_set_hash, unique_texts
 from pipelines.store import Workdir
 from schemas.recipe import EmbedConfig, NLIConfig, ScoreConfig
 from schemas.tables import SCORER_COLUMNS
 
 SCORERS_VERSION = "v1"  # bump when a scorer's definition changes, so stored sets are not reused
+PAIR_COLUMNS = ("pair_id", "source_id", "candidate_id", "source", "paraphrase")
 
 
 def active_scorers(cfg: ScoreConfig, nli_cfg: NLIConfig) -> list[str]:
@@ -31,6 +38,10 @@ def available_columns(cfg: ScoreConfig, nli_cfg: NLIConfig) -> set[str]:
     return {c for s in active_scorers(cfg, nli_cfg) for c in SCORER_COLUMNS[s]}
 
 
+def needs_parse(cfg: ScoreConfig) -> bool:
+    return bool({"wpd_ld", "ted"} & set(cfg.scorers))
+
+
 def score_set_id(cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame) -> str:
     scorers = active_scorers(cfg, nli_cfg)
     return content_key("scores", SCORERS_VERSION, scorers, cfg.spacy_model,
@@ -38,8 +49,48 @@ def score_set_id(cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, p
                        nli_step.settings_key(nli_cfg) if "nli" in scorers else None, pair_set_hash(pairs))
 
 
+_STORES: dict[Path, object] = {}  # per process: a worker opens each store once
+
+
+def _store(cls, path: Path):
+    if path not in _STORES:
+        _STORES.clear()  # a new run's stores replace the last one's
+        _STORES[path] = cls.at(path)
+    return _STORES[path]
+
+
+def _score_task(task: dict) -> pl.DataFrame:
+    """Scores of one partition (runs in a pool worker): gathers its vectors and parses, then the scorers."""
+    pairs, kwargs = task["pairs"], {}
+    if task.get("vectors"):
+        vs = _store(VectorStore, task["vectors"])
+        kwargs["src_vecs"] = vs.vectors(pairs.get_column("source_id"))
+        kwargs["para_vecs"] = vs.vectors(pairs.get_column("candidate_id"))
+    if task.get("analyses"):
+        ids = unique_texts(pairs).get_column("text_id")
+        an = _store(RowsStore, task["analyses"]).take(ids).with_columns(text_id=ids).with_row_index("row")
+        rows = an.select("text_id", "row")
+
+        def row_of(col: str) -> np.ndarray:
+            return (pairs.select(pl.col(col).alias("text_id")).join(rows, on="text_id", how="left",
+                                                                     maintain_order="left")
+                    .get_column("row").to_numpy().astype(np.int64))
+
+        kwargs["analyses"] = PairAnalyses(an, row_of("source_id"), row_of("candidate_id"))
+    if task.get("nli") is not None:
+        kwargs["nli"] = task["nli"]
+    return score_pairs(pairs, task["scorers"], **kwargs)
+
+
+def _stale_partitions(wd: Workdir, sid: str, layout: str) -> None:
+    """Drop the shards an interrupted run of this set wrote with another partition layout."""
+    for p in (wd.tables_dir / "scores").glob(f"part-set-{sid}-*.parquet"):
+        if not p.name.startswith(f"part-set-{sid}-{layout}-"):
+            p.unlink()
+
+
 def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
-          progress=None) -> dict:
+          pool: Pool, partition_size: int, progress=None) -> dict:
     """Compute (or reuse) the scores of `pairs` and make them the current set."""
     t0 = time.perf_counter()
     sid = score_set_id(cfg, embed_cfg, nli_cfg, pairs)
@@ -49,37 +100,53 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
             wd.make_current("scores", sid)
         return {**done, "skipped": True}
     scorers = active_scorers(cfg, nli_cfg)
-    stats: dict = {"score_set": sid, "pairs": pairs.height, "scorers": scorers, "seconds_by_input": {}}
-    kwargs: dict = {}
+    stats: dict = {"score_set": sid, "pairs": pairs.height, "scorers": scorers, "seconds_by_input": {},
+                   "partition_size": partition_size, "workers": pool.workers}
+    task_base: dict = {"scorers": scorers}
     if "cosine" in scorers:
         t = time.perf_counter()
-        mid = embed_step.model_id(embed_cfg)
-        kwargs["src_vecs"] = embed_step.vectors(wd, mid, pairs.get_column("source_id"))
-        kwargs["para_vecs"] = embed_step.vectors(wd, mid, pairs.get_column("candidate_id"))
+        task_base["vectors"] = VectorStore.open(wd, embed_step.model_id(embed_cfg)).path
         stats["seconds_by_input"]["vectors"] = round(time.perf_counter() - t, 3)
-    if {"wpd_ld", "ted"} & set(scorers):
+    if needs_parse(cfg):
         t = time.perf_counter()
-        an = analyses(wd, unique_texts(pairs), cfg.spacy_model, progress).with_row_index("row")
-        rows = an.select("text_id", "row")
-
-        def row_of(col: str) -> np.ndarray:
-            return (pairs.select(pl.col(col).alias("text_id")).join(rows, on="text_id", how="left",
-                                                                     maintain_order="left")
-                    .get_column("row").to_numpy().astype(np.int64))
-
-        kwargs["analyses"] = PairAnalyses(an, row_of("source_id"), row_of("candidate_id"))
+        stats["parse"] = parse_missing(wd, unique_texts(pairs), cfg.spacy_model, pool, progress)
+        task_base["analyses"] = analyses_store(wd, cfg.spacy_model).path
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)
     if "nli" in scorers:
-        t = time.perf_counter()
-        fwd, bwd = nli_step.both_directions(wd, nli_cfg, pairs, progress)
-        kwargs["nli"] = (fwd.astype(np.float64), bwd.astype(np.float64))
         stats["nli_model"] = nli_step.nli_model(nli_cfg).model_id
-        stats["seconds_by_input"]["nli"] = round(time.perf_counter() - t, 3)
+        stats["seconds_by_input"]["nli"] = 0.0
+    # one pool task per partition / workers, so the pairs in flight stay about one partition
+    task_size = max(1, -(-partition_size // pool.workers))
+    parts = by_source(pairs, task_size)
+    layout = f"{task_size}"
+    _stale_partitions(wd, sid, layout)
+    key = lambda k: f"{sid}-{layout}-{k:06d}"  # noqa: E731
+    todo = [k for k in range(len(parts)) if not (wd.tables_dir / "scores" / f"part-set-{key(k)}.parquet").exists()]
+    stats.update({"partitions": len(parts), "partitions_reused": len(parts) - len(todo)})
+    bar = progress.add_task("score", total=pairs.height, unit="pairs") if progress else None
+    if bar is not None:
+        progress.advance(bar, sum(len(parts[k]) for k in range(len(parts)) if k not in set(todo)))
+
+    def tasks():
+        for k in todo:
+            part = pairs[parts[k]].select(PAIR_COLUMNS)
+            task = {**task_base, "pairs": part}
+            if "nli" in scorers:
+                t = time.perf_counter()
+                fwd, bwd = nli_step.both_directions(wd, nli_cfg, part, progress)
+                task["nli"] = (fwd.astype(np.float64), bwd.astype(np.float64))
+                stats["seconds_by_input"]["nli"] += time.perf_counter() - t
+            yield task
+
     t = time.perf_counter()
-    scores = score_pairs(pairs, scorers, **kwargs).with_columns(score_set=pl.lit(sid))
-    stats["seconds_by_input"]["metrics"] = round(time.perf_counter() - t, 3)
-    wd.append("scores", scores, key=sid)
+    for k, scores in zip(todo, pool.map(_score_task, tasks(), n_tasks=len(todo)), strict=True):
+        wd.append("scores", scores.with_columns(score_set=pl.lit(sid)), key=key(k))
+        if bar is not None:
+            progress.advance(bar, scores.height)
+    stats["seconds_by_input"]["metrics"] = round(time.perf_counter() - t - stats["seconds_by_input"].get("nli", 0), 3)
+    if "nli" in scorers:
+        stats["seconds_by_input"]["nli"] = round(stats["seconds_by_input"]["nli"], 3)
     wd.make_current("scores", sid)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     wd.mark_stage_done("score", sid, stats)

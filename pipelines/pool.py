@@ -1,0 +1,89 @@
+"""The local backend's process pool: CPU-bound partition work (the spaCy parse, the metric kernels) on every core.
+
+Workers are spawned (never forked: Polars, torch and OpenMP threads do not survive a fork), each loads its
+models once through the operators' cached loaders, and runs with one BLAS/OpenMP thread so N workers use N
+cores. With one worker everything runs in this process, through the same functions: the results are the same.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str) -> int:
+    return cpu_count() if workers == "auto" else max(1, int(workers))
+
+
+def _init_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one core per worker: the pool, not each worker's BLAS, spreads the work
+
+
+class Pool:
+    """`map` runs a picklable function over tasks in worker processes (or inline with one worker), in order."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(abort=exc_type is not None)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker)
+        return self._executor
+
+    def map(self, fn: Callable, tasks: Iterable, n_tasks: int | None = None, ahead: int | None = None) -> Iterator:
+        """fn(task) for each task, yielded in task order; at most `ahead` (default 2 per worker) in flight, so
+        results waiting to be consumed stay bounded. A single task (`n_tasks` 1) runs here: starting workers
+        would cost more than it saves."""
+        if self.workers == 1 or (n_tasks is not None and n_tasks <= 1):
+            for task in tasks:
+                yield fn(task)
+            return
+        pool, pending = self._pool(), deque()
+        limit = ahead or 2 * self.workers
+        try:
+            for task in tasks:
+                pending.append(pool.submit(fn, task))
+                while len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers; `abort` (an error or Ctrl-C in this process) ends running tasks at once: their
+        partitions were not written and are redone by the next run."""
+        if self._executor is None:
+            return
+        procs = list((getattr(self._executor, "_processes", None) or {}).values())
+        self._executor.shutdown(wait=not abort, cancel_futures=True)
+        if abort:
+            for proc in procs:
+                proc.terminate()
+        self._executor = None
