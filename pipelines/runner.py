@@ -232,7 +232,8 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
         if "score" in stages and needs_parse(recipe.score) and resolve_device(recipe.embed.device) != "cpu":
             # CPU workers parse while the GPU embeds. With the encoder on the CPU, its threads already use every
             # core and sharing them costs more than it overlaps (measured), so the pool parses after it.
-            parse = Background(parse_missing, wd, unique_texts(pairs), recipe.score.spacy_model, pool, prog)
+            parse = Background(parse_missing, wd, unique_texts(pairs), recipe.score.spacy_model, pool,
+                               recipe.execution.partition_size, prog)
         try:
             out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
             manifest.record_stage("embed", out["embed"])

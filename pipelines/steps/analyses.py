@@ -15,7 +15,7 @@ from pipelines.pool import Pool
 from pipelines.rowstore import RowsStore
 from pipelines.store import Workdir
 
-TASK_TEXTS = 2048  # texts per pool task and stored shard: an interrupted parse loses at most this many per worker
+TASK_TEXTS = 2048  # most texts per pool task and stored shard: an interrupted parse loses at most this many per worker
 
 
 def analyzer_id(spacy_model: str) -> str:
@@ -33,9 +33,10 @@ def _parse_task(task: tuple[str, list[str]]) -> pl.DataFrame:
     return analyse(texts, load_spacy(spacy_model))
 
 
-def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool, progress=None,
-                  stop: threading.Event | None = None) -> dict:
-    """Parse the texts of `texts` (text_id, text) that have no stored analysis for this analyser."""
+def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool, partition_size: int,
+                  progress=None, stop: threading.Event | None = None) -> dict:
+    """Parse the texts of `texts` (text_id, text) that have no stored analysis for this analyser, in tasks of at
+    most TASK_TEXTS and at most `partition_size` in flight across the pool's workers."""
     from curation.metrics.syntax import load_spacy
 
     t0 = time.perf_counter()
@@ -46,7 +47,9 @@ def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool
     stats = {"analyzer": aid, "texts": texts.height, "cached": texts.height - todo.height, "parsed": 0,
              "workers": pool.workers}
     task = progress.add_task("parse", total=todo.height, unit="texts") if (progress and todo.height) else None
-    chunks = (todo.slice(start, TASK_TEXTS) for start in range(0, todo.height, TASK_TEXTS))
+    size = max(1, min(TASK_TEXTS, -(-partition_size // pool.workers)))
+    stats["task_texts"] = size
+    chunks = (todo.slice(start, size) for start in range(0, todo.height, size))
     pending = []
 
     def tasks():
@@ -56,7 +59,7 @@ def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool
             pending.append(chunk.get_column("text_id"))
             yield spacy_model, chunk.get_column("text").to_list()
 
-    for parsed in pool.map(_parse_task, tasks(), n_tasks=-(-todo.height // TASK_TEXTS)):
+    for parsed in pool.map(_parse_task, tasks(), n_tasks=-(-todo.height // size)):
         ids = pending.pop(0)
         wd.append("analyses", parsed.with_columns(text_id=ids, analyzer=pl.lit(aid)))
         stats["parsed"] += ids.len()

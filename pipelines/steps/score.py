@@ -109,7 +109,7 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         stats["seconds_by_input"]["vectors"] = round(time.perf_counter() - t, 3)
     if needs_parse(cfg):
         t = time.perf_counter()
-        stats["parse"] = parse_missing(wd, unique_texts(pairs), cfg.spacy_model, pool, progress)
+        stats["parse"] = parse_missing(wd, unique_texts(pairs), cfg.spacy_model, pool, partition_size, progress)
         task_base["analyses"] = analyses_store(wd, cfg.spacy_model).path
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)

@@ -1,0 +1,154 @@
+"""Partitioned, pooled curation gives the tables of one pass, and a killed curation resumes to the same tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines import runner
+from pipelines.partitions import by_source
+from pipelines.recipes_io import load_recipe
+from pipelines.rowstore import RowsStore, VectorStore
+from pipelines.steps import embed as embed_step
+from pipelines.store import Workdir
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_synthetic", ROOT / "bench" / "synthetic.py")
+synthetic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synthetic)  # bench/ is not a package (and its curation.py would shadow ours)
+
+TABLES = {"scores": "pair_id", "decisions": "pair_id", "dedup_links": "pair_id", "funnel": "step",
+          "corpus_metrics": "selection"}
+SET_COLUMNS = ["score_set", "filter_id", "dedup_id"]
+PAIRS = 1500
+
+
+def current_tables(root: Path) -> dict[str, pl.DataFrame]:
+    wd = Workdir(root)
+    return {t: wd.read_current(t).drop(SET_COLUMNS, strict=False).sort(key) for t, key in TABLES.items()}
+
+
+def assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = current_tables(a), current_tables(b)
+    for table, frame in ta.items():
+        assert frame.height > 0 or table == "dedup_links", table
+        assert frame.equals(tb[table]), f"{table} differs"
+
+
+def recipe(partition_size: int, workers: int | str):
+    r = load_recipe(str(ROOT / "pipelines/recipes/diverse.yaml"))[0]
+    r.execution.partition_size, r.execution.workers = partition_size, workers
+    return r
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> Path:
+    """A synthetic corpus (planted duplicates included) imported into a workdir, not yet curated."""
+    base = tmp_path_factory.mktemp("corpus")
+    synthetic.generate(base / "pairs.parquet", PAIRS, seed=3)
+    runner.ingest_pairs(str(base / "pairs.parquet"), base / "wd", progress=False)
+    return base / "wd"
+
+
+@pytest.fixture(scope="module")
+def one_pass(imported, tmp_path_factory) -> Path:
+    """The reference: everything in this process, one partition."""
+    root = tmp_path_factory.mktemp("one") / "wd"
+    shutil.copytree(imported, root)
+    runner.curate(root, recipe(10_000_000, 1), progress=False)
+    return root
+
+
+def test_by_source_partitions_cover_every_pair_once_and_never_split_a_source():
+    rng = np.random.default_rng(0)
+    df = pl.DataFrame({"source_id": rng.integers(0, 40, 500).astype(str), "pair_id": [f"p{i:04d}" for i in range(500)]})
+    for size in (1, 7, 64, 499, 10_000):
+        parts = by_source(df, size)
+        rows = np.concatenate(parts)
+        assert sorted(rows.tolist()) == list(range(500))
+        owners = [set(df.get_column("source_id").gather(p).to_list()) for p in parts]
+        assert sum(len(o) for o in owners) == len(set().union(*owners))  # no source in two partitions
+        assert all(len(p) >= size for p in parts[:-1])  # a partition is cut only at a source after `size` pairs
+    assert by_source(df.head(0), 10) == []
+
+
+def test_pooled_small_partitions_give_the_tables_of_one_pass(imported, one_pass, tmp_path):
+    """The memory-bounded mode (the smallest partition size) with two worker processes."""
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    res = runner.curate(root, recipe(64, 2), progress=False)
+    assert res["score"]["partitions"] > 10 and res["score"]["workers"] == 2
+    assert res["score"]["parse"]["parsed"] > 0 and res["score"]["parse"]["task_texts"] == 32
+    assert len(Workdir(root).shards("analyses")) > 10  # one shard per parse task
+    assert_same_tables(root, one_pass)
+
+
+def test_row_stores_return_what_the_tables_hold(one_pass):
+    wd = Workdir(one_pass)
+    mid = wd.scan("embeddings").select("model_id").head(1).collect().item()
+    ids = wd.scan("embeddings").select("text_id").collect().get_column("text_id").sample(200, seed=1)
+    vs = VectorStore.open(wd, mid)
+    assert np.array_equal(vs.vectors(ids), embed_step.vectors(wd, mid, ids))
+    assert VectorStore.open(wd, mid).path == vs.path  # reused while the table is unchanged
+    aid = wd.scan("analyses").select("analyzer").head(1).collect().item()
+    rs = RowsStore.open(wd, "analyses", "text_id", pl.col("analyzer") == aid, ["lemmas", "tree", "n_tokens"], aid)
+    got = rs.take(ids).with_columns(text_id=ids)
+    want = (pl.DataFrame({"text_id": ids}).join(wd.read("analyses").unique("text_id", keep="first"), on="text_id",
+                                                how="left", maintain_order="left"))
+    cols = ["text_id", "lemmas", "tree", "n_tokens"]
+    assert got.select(cols).equals(want.select(cols))
+    with pytest.raises(KeyError):
+        vs.vectors(["not-a-text-id"])
+
+
+def _shards(root: Path, table: str, pattern: str = "part-*.parquet") -> int:
+    return len([p for p in (root / "tables" / table).glob(pattern) if "schema" not in p.name])
+
+
+def _kill_when(cmd: list[str], ready, env: dict, timeout: float = 240.0) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()` holds; fail if it ended first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, as an OOM kill or a lost machine would
+        proc.wait()
+
+
+def test_killed_mid_parse_and_mid_score_resumes_to_the_same_tables(imported, one_pass, tmp_path):
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text((ROOT / "pipelines/recipes/diverse.yaml").read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PARADISTILL_PROGRESS": "plain"}
+    cmd = [sys.executable, "-m", "pipelines.cli", "curate", "-w", str(root), "-r", str(recipe_file),
+           "--partition-size", "64", "--workers", "1"]
+    _kill_when(cmd, lambda: _shards(root, "analyses") >= 3, env)
+    parsed_before = Workdir(root).count("analyses")
+    _kill_when(cmd, lambda: _shards(root, "scores", "part-set-*-*-*.parquet") >= 3, env)
+    partial = _shards(root, "scores", "part-set-*-*-*.parquet")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    wd = Workdir(root)
+    runs = sorted((root / "runs").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    last = json.loads(runs[-1].read_text())["stages"]["score"]
+    assert last["partitions_reused"] >= 3 and last["partitions_reused"] <= partial
+    assert last["parse"]["parsed"] == 0  # every text was parsed by the second run; none again
+    assert wd.read("analyses").get_column("text_id").is_unique().all()  # nothing parsed twice
+    assert parsed_before > 0
+    assert_same_tables(root, one_pass)
