@@ -91,14 +91,38 @@ DETS = ["the", "the", "the", "a", "my", "our", "their", "his", "her", "this", "t
 SUBORDINATE = ["because", "while", "after", "before", "although", "when", "since", "until"]
 COORDINATE = ["and", "and", "but", "so", "yet"]
 PRONOUNS = ["she", "he", "they", "we", "I", "someone", "everyone", "nobody"]
+OBJECT_PRONOUNS = {"she": "her", "he": "him", "they": "them", "we": "us", "I": "me"}
+PARTICIPLES = {"chose": "chosen", "hid": "hidden", "showed": "shown", "took": "taken", "wrote": "written",
+               "began": "begun"}
+SPLITS = {"and": [], "but": [("however", "X"), (",", "P")], "so": [("as", "X"), ("a", "X"), ("result", "X"),
+                                                                    (",", "P")], "yet": [("still", "X"), (",", "P")]}
 SYNONYM_PAIRS = """
 big:large small:little quick:fast angry:upset happy:glad quiet:silent tired:weary old:ancient lovely:beautiful
 hard:difficult empty:vacant cheap:inexpensive famous:renowned odd:strange tidy:neat damp:wet huge:enormous
 shop:store car:vehicle film:movie house:home road:street city:town child:kid doctor:physician meal:dinner
-flat:apartment lawyer:attorney boat:ship fixed:repaired mended:patched found:discovered bought:purchased
+lawyer:attorney boat:ship fixed:repaired mended:patched found:discovered bought:purchased
 began:started helped:assisted finished:completed chose:selected showed:displayed wanted:needed told:informed
 liked:enjoyed kept:retained moved:shifted quickly:rapidly slowly:gradually quietly:silently finally:eventually
 because:since while:whereas although:though carefully:cautiously gently:softly
+actor:performer author:writer bicycle:bike coat:jacket company:firm factory:plant friend:companion garden:yard
+guest:visitor hall:corridor hotel:inn journalist:reporter letter:note market:bazaar meeting:gathering office:bureau
+painting:picture parcel:package pilot:aviator professor:lecturer student:pupil teacher:tutor truck:lorry
+worker:labourer chef:cook phone:telephone arranged:organised assembled:gathered avoided:evaded brought:carried
+built:constructed called:phoned changed:altered cleaned:washed copied:duplicated described:depicted
+designed:created examined:inspected explained:clarified followed:tracked guarded:protected handled:managed
+hired:employed lifted:raised locked:secured loved:adored noticed:spotted pushed:shoved sold:traded
+supported:backed tested:checked watched:observed welcomed:greeted wrote:penned anxious:nervous bright:vivid
+broad:wide busy:hectic calm:peaceful careful:cautious clean:spotless clever:smart cold:chilly comfortable:cosy
+curious:inquisitive dark:dim distant:remote eager:keen easy:simple expensive:costly fierce:ferocious
+friendly:amiable funny:amusing honest:truthful hungry:starving important:significant kind:generous
+lonely:solitary loud:noisy lucky:fortunate modern:contemporary narrow:slim polite:courteous rare:uncommon
+rich:wealthy rough:coarse sad:unhappy safe:secure shiny:glossy shy:timid slow:sluggish smooth:sleek
+strong:sturdy tiny:minuscule tough:rugged warm:balmy weak:feeble wild:untamed wise:sensible worried:concerned
+young:youthful anxiously:nervously boldly:bravely briefly:shortly calmly:serenely cheerfully:merrily
+clearly:plainly closely:attentively eagerly:keenly easily:effortlessly firmly:solidly gladly:willingly
+happily:joyfully honestly:truthfully immediately:instantly loudly:noisily neatly:tidily openly:publicly
+politely:courteously promptly:punctually properly:correctly rarely:seldom recently:lately regularly:routinely
+suddenly:abruptly swiftly:speedily thoroughly:completely wisely:sensibly
 """
 
 _VOWELS = set("aeiou")
@@ -177,6 +201,12 @@ class Vocabulary:
 
 Token = tuple[str, str]  # (word, tag): N noun, V verb, A adjective, R adverb, M name, D determiner, X other,
 #                          C conjunction, P punctuation attached to the previous word
+Clause = tuple[list[Token], list[Token], list[Token], list[Token], list[Token], list[Token]]
+Source = tuple[list[Clause], list[list[Token]], bool, str]
+
+
+def _flat(clause: Clause) -> list[Token]:
+    return [t for part in clause for t in part]
 
 
 class _Generator:
@@ -206,29 +236,27 @@ class _Generator:
         noun = self.rng.choice(self.v.nouns)
         return [(self.rng.choice(PREPOSITIONS), "X"), (det, "D"), (noun, "N")]
 
-    def _clause(self, subject_pronoun: bool) -> list[Token]:
+    def _clause(self, subject_pronoun: bool) -> Clause:
+        """(subject, adverb before the verb, verb, object, prepositional phrase, adverb after)."""
         rng, v = self.rng, self.v
         subj = [(rng.choice(PRONOUNS), "X")] if subject_pronoun and rng.random() < 0.4 else self._np()
-        toks = subj[:]
-        if rng.random() < 0.2:
-            toks.append((rng.choice(v.adverbs), "R"))
-        toks.append((rng.choice(v.verbs), "V"))
-        toks += self._np()
-        if rng.random() < 0.6:
-            toks += self._pp()
-        if rng.random() < 0.2:
-            toks.append((rng.choice(v.adverbs), "R"))
-        return toks
+        pre = [(rng.choice(v.adverbs), "R")] if rng.random() < 0.2 else []
+        verb = [(rng.choice(v.verbs), "V")]
+        obj = self._np()
+        pp = self._pp() if rng.random() < 0.6 else []
+        post = [(rng.choice(v.adverbs), "R")] if rng.random() < 0.2 else []
+        return subj, pre, verb, obj, pp, post
 
-    def source(self) -> tuple[list[list[Token]], list[list[Token]], bool, str]:
+    def source(self) -> Source:
         """(clauses, connectors between them, reorderable, final punctuation), 8-30 words."""
         rng = self.rng
         while True:
             demo = rng.random() < 0.14
-            clauses = [list(rng.choice(self.v.demo))] if demo else [self._clause(False)]
+            first: Clause = (list(rng.choice(self.v.demo)), [], [], [], [], []) if demo else self._clause(False)
+            clauses = [first]
             n = max(rng.choices((1, 2, 3), (0.35, 0.45, 0.2))[0], 2 if demo else 1)  # a demo line gets a clause
             conns: list[list[Token]] = []
-            words = _count(clauses[0])
+            words = _count(_flat(first))
             while len(clauses) < n or words < MIN_WORDS:
                 if rng.random() < 0.5:
                     conn = [(",", "P"), (rng.choice(COORDINATE), "C")]
@@ -237,32 +265,49 @@ class _Generator:
                 clause = self._clause(True)
                 conns.append(conn)
                 clauses.append(clause)
-                words += 1 + _count(clause)
+                words += 1 + _count(_flat(clause))
             if words <= MAX_WORDS:
                 return clauses, conns, not demo, "!" if rng.random() < 0.03 else "."
 
     # ---- paraphrases
-    def _flatten(self, clauses, conns, reorder: bool) -> list[Token]:
-        if reorder and len(clauses) >= 2:
-            c0, c1 = clauses[0], clauses[1]
-            conn = conns[0]
-            tail = [t for c, k in zip(conns[1:], clauses[2:], strict=True) for t in (*c, *k)]
-            word = conn[-1][0]
+    def _passive(self, cl: Clause) -> Clause:
+        """"X repaired the car" -> "the car was repaired by X" (objects are singular)."""
+        subj, pre, verb, obj, pp, post = cl
+        by = [(OBJECT_PRONOUNS.get(w, w), t) for w, t in subj]
+        participle = [(PARTICIPLES.get(w, w), t) for w, t in verb]
+        return obj, [("was", "X"), *pre], participle, [("by", "X"), *by], pp, post
+
+    def _flatten(self, clauses: list[Clause], conns, reorder: bool = False, split: bool = False) -> list[Token]:
+        flat = [_flat(c) for c in clauses]
+        if reorder and len(flat) >= 2:
+            c0, c1 = flat[0], flat[1]
+            tail = [t for c, k in zip(conns[1:], flat[2:], strict=True) for t in (*c, *k)]
+            word = conns[0][-1][0]
             if word in SUBORDINATE:  # "A because B, C" -> "Because B, A, C"
                 return [(word, "C"), *c1, (",", "P"), *c0, *tail]
             if word == "and":  # "A, and B" -> "B, and A"
                 return [*c1, (",", "P"), ("and", "C"), *c0, *tail]
-        out = list(clauses[0])
-        for conn, clause in zip(conns, clauses[1:], strict=True):
-            out += conn + clause
+        out = list(flat[0])
+        for conn, clause in zip(conns, flat[1:], strict=True):
+            word = conn[-1][0]
+            if split and word in SPLITS:  # "A, but B" -> "A. However, B"
+                out += [(".", "P"), *SPLITS[word], *clause]
+            else:
+                out += conn + clause
         return out
 
-    def _rewrite(self, src) -> list[Token]:
+    def _rewrite(self, src: Source) -> list[Token]:
         rng, syn = self.rng, self.v.synonyms
         clauses, conns, reorderable, _ = src
-        base = self._flatten(clauses, conns, False)
+        base = self._flatten(clauses, conns)
+        if reorderable:
+            clauses = [self._passive(c) if c[2] and rng.random() < 0.3 else c for c in clauses]
+            if clauses[0][4] and rng.random() < 0.2:  # "In the morning, X ..."
+                subj, pre, verb, obj, pp, post = clauses[0]
+                clauses = [(pp + [(",", "P")] + subj, pre, verb, obj, [], post), *clauses[1:]]
         reorder = reorderable and len(clauses) >= 2 and rng.random() < 0.35
-        toks = self._flatten(clauses, conns, reorder)
+        split = not reorder and rng.random() < 0.25
+        toks = self._flatten(clauses, conns, reorder, split)
         swap_p = rng.choice((0.3, 0.6, 1.0))
         toks = [(syn[w], t) if t != "P" and w in syn and rng.random() < swap_p else (w, t) for w, t in toks]
         plain = toks
@@ -278,7 +323,7 @@ class _Generator:
                 i -= toks[i - 1][1] == "R" if i else 0  # before an adverb already there
                 toks = [*toks[:i], (rng.choice(INSERTS), "R"), *toks[i:]]
         if not MIN_WORDS <= _count(toks) <= MAX_WORDS:
-            toks = plain
+            toks = plain if MIN_WORDS <= _count(plain) <= MAX_WORDS else base
         if toks == base:
             toks = self._one_word(base)
         return toks
@@ -316,7 +361,7 @@ class _Generator:
     def paraphrases(self, src, k: int, source_no: int) -> list[str]:
         rng = self.rng
         punct = src[3]
-        src_toks = self._flatten(src[0], src[1], False)
+        src_toks = self._flatten(src[0], src[1])
         made: list[tuple[list[Token], str]] = []
         for _ in range(k):
             u = rng.random()
@@ -347,14 +392,17 @@ def _count(toks: list[Token]) -> int:
 
 def render(toks: list[Token], punct: str) -> str:
     words: list[str] = []
+    cap = True
     for k, (w, t) in enumerate(toks):
         if t == "D" and w in ("a", "an") and k + 1 < len(toks):  # a/an after a synonym swap or a drop
             w = "an" if toks[k + 1][0][:1] in _VOWELS else "a"
         if t == "P" and words:
             words[-1] += w
-        else:
-            words.append(w)
-    words[0] = words[0][:1].upper() + words[0][1:]
+            cap = w == "."
+            continue
+        if cap:
+            w, cap = w[:1].upper() + w[1:], False
+        words.append(w)
     words[-1] += punct
     return " ".join(words)
 
@@ -386,7 +434,7 @@ def iter_chunks(n_pairs: int, seed: int = 0, chunk_sources: int = CHUNK_SOURCES
     paras: list[str] = []
     for no, k in enumerate(_counts(count_rng, n_pairs)):
         src = gen.source()
-        text = render(gen._flatten(src[0], src[1], False), src[3])
+        text = render(gen._flatten(src[0], src[1]), src[3])
         srcs += [text] * k
         paras += gen.paraphrases(src, k, no)
         if (no + 1) % chunk_sources == 0:
