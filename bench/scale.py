@@ -413,7 +413,7 @@ def semhash_dedup(texts: list[str], vecs, threshold: float) -> set[int]:
     return {model.row[d.record] for d in result.filtered}
 
 
-def our_dedup(vecs, threshold: float, index: str) -> tuple[set[int], str]:
+def our_dedup(vecs, threshold: float, index: str) -> tuple[set[int], str, dict]:
     """curation.dedup.semantic_links as the dedup step calls it, each text its own source, earlier rows first.
 
     `index`: a kind semantic_links knows, or auto (what the dedup step would choose for this many vectors)."""
@@ -430,10 +430,13 @@ def our_dedup(vecs, threshold: float, index: str) -> tuple[set[int], str]:
     ids = [f"{i:09d}" for i in range(len(vecs))]
     frame = pl.DataFrame({"pair_id": ids, "source_id": ids, "priority": -np.arange(len(vecs), dtype=np.float64)})
     params = inspect.signature(dedup.semantic_links).parameters
-    extra = {k: getattr(cfg, k) for k in ("ivf_lists", "ivf_probe") if k in params}
+    extra = {k: getattr(cfg, k) for k in ("ivf_lists", "ivf_probe", "recall_sample") if k in params}
+    info: dict = {}
+    if "info" in params:
+        extra["info"] = info
     links = dedup.semantic_links(frame, vecs, within=None, across=threshold, neighbors=cfg.neighbors, index=kind,
                                  **extra)
-    return {int(p) for p in links.get_column("pair_id").to_list()}, kind
+    return {int(p) for p in links.get_column("pair_id").to_list()}, kind, info
 
 
 def run_semhash(args, root: Path) -> dict:
@@ -464,15 +467,16 @@ def run_semhash(args, root: Path) -> dict:
 
     add("semhash self_deduplicate (usearch)", lambda: semhash_dedup(texts, vecs, t))
     for index in args.dedup_index:
-        kind: list[str] = []
+        got: list = []
 
-        def ours(index=index, kind=kind):
-            removed, k = our_dedup(vecs, t, index)
-            kind.append(k)
+        def ours(index=index, got=got):
+            removed, kind, info = our_dedup(vecs, t, index)
+            got.extend((kind, info))
             return removed
 
         add(f"ours semantic_links (index {index})", ours)
-        rows[-1]["method"] = f"ours semantic_links (index {kind[0]}{' = auto' if index == 'auto' else ''})"
+        rows[-1]["method"] = f"ours semantic_links (index {got[0]}{' = auto' if index == 'auto' else ''})"
+        rows[-1]["index_info"] = {k: v for k, v in scalars(got[1]).items() if not isinstance(v, str) or len(v) < 80}
     for r in rows:
         r["texts_per_s"] = len(texts) / r["seconds"]
     head = f"{'method':<44} {'seconds':>8} {'texts/s':>10} {'removed':>8} {'recall':>7} {'precision':>9}"
@@ -481,6 +485,9 @@ def run_semhash(args, root: Path) -> dict:
     for r in rows:
         print(f"{r['method']:<44} {r['seconds']:>8.2f} {r['texts_per_s']:>10,.0f} {r['removed']:>8,} "
               f"{r['recall']:>7.4f} {r['precision']:>9.4f}")
+    for r in rows:
+        if r.get("index_info"):
+            print(f"{r['method']}: {r['index_info']}")
     print("recall = the fraction of the texts that exact search removes (rows taken in order; a row goes when an "
           "earlier kept row has cosine >= the threshold with it) that the method removes too; precision = the "
           "fraction of the method's removals that exact search makes. Vectors given, not timed.")

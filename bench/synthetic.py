@@ -12,7 +12,9 @@ stays bounded whatever N is; 1M pairs take seconds.
   names, and the demo sources (pipelines/data/demo_sources.txt), about one in seven sources opening with one of
   its sentences. The space of sentences is huge, so unique texts grow with the corpus.
 - Paraphrases: 2-5 per source (mean about 3.5), word-level rewrites of their source: synonym swaps from a small
-  table, clause reordering ("A because B." -> "Because B, A."), a dropped adjective/adverb, an inserted adverb.
+  table, clause reordering ("A because B." -> "Because B, A."), passive voice ("X fixed the car" -> "the car was
+  fixed by X"), a fronted phrase ("In the morning, ..."), a split sentence ("A, but B." -> "A. However, B."), a
+  dropped adjective/adverb, an inserted adverb.
 - Planted duplicates (rates below): copies of the source; exact duplicates of a recent paraphrase of another
   source; near duplicates (one word changed) of a recent paraphrase of another source and of a sibling paraphrase.
 """
