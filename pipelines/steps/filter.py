@@ -7,7 +7,7 @@ import time
 import polars as pl
 
 from curation.filters import decide
-from curation.metrics.corpus import corpus_metrics
+from curation.metrics.corpus import corpus_metrics_split
 from pipelines.steps.pairs import content_key
 from pipelines.store import Workdir
 from schemas.recipe import FilterConfig
@@ -21,13 +21,16 @@ def filter_id(cfg: FilterConfig, score_set: str, dedup_id: str, candidate_rows: 
 
 
 def metrics_by_selection(pairs: pl.DataFrame, scores: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame:
-    """Method B's dataset-quality columns for all, kept and dropped pairs."""
-    df = (pairs.select("pair_id", "source_id", "source", "paraphrase")
+    """Method B's dataset-quality columns for all, kept and dropped pairs.
+
+    The join gives the rows their order (MSTTR's token stream follows it); it carries each pair's row number,
+    not its texts, which are tokenised once, in `pairs`, for the three selections."""
+    row = "__pair_row__"
+    df = (pairs.select("pair_id").with_row_index(row)
           .join(scores.drop("source_id"), on="pair_id").join(decisions.select("pair_id", "kept"), on="pair_id"))
-    rows = []
-    for name, part in (("all", df), ("kept", df.filter(pl.col("kept"))), ("dropped", df.filter(~pl.col("kept")))):
-        rows.append({"selection": name, **corpus_metrics(part)})
-    frame = pl.DataFrame(rows, infer_schema_length=None)
+    texts = pairs.select("source_id", "source", "paraphrase")
+    by_selection = corpus_metrics_split(df.drop(row, "kept"), df.get_column("kept"), texts=texts, rows=df[row])
+    frame = pl.DataFrame([{"selection": name, **m} for name, m in by_selection.items()], infer_schema_length=None)
     return frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
                          for c, t in CORPUS_METRICS.items() if c != "filter_id"])
 
