@@ -309,6 +309,7 @@ def rouge_tokens(texts: Sequence[str]) -> list[list[str]]:
         big = " ".join(ascii_texts).lower().translate(_ROUGE_TABLE)  # ASCII: lower() keeps every length
         text_off = np.zeros(len(ascii_texts) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)) + 1, out=text_off[1:])
+        text_off[-1] -= 1  # the join puts no separator after the last text: never read past `big`
         counts = _run_counts(np.frombuffer(big.encode("ascii"), dtype=np.uint8), text_off)
         flat = big.split()
         ends = np.cumsum(counts).tolist()
