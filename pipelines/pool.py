@@ -12,6 +12,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from schemas.errors import WorkerDied
 
 
 def cpu_count() -> int:
@@ -72,6 +75,12 @@ class Pool:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise WorkerDied(
+                "a curation worker process died (killed, or out of memory?); what was written is kept and a rerun "
+                "resumes from it. Lower execution.partition_size (--partition-size) or --workers; from a Python "
+                "script, run curation under `if __name__ == \"__main__\":` (workers are spawned and import the "
+                "main script)") from None
         finally:
             for f in pending:
                 f.cancel()

@@ -39,6 +39,12 @@ class StateError(UserError):
     exit_code = 5
 
 
+class WorkerDied(UserError):
+    """A worker process of the local pool ended abruptly (an OOM kill, a signal); the run can be resumed."""
+
+    exit_code = 10
+
+
 class QueryError(UserError):
     """A SQL statement is refused or fails."""
 

@@ -152,3 +152,32 @@ def test_killed_mid_parse_and_mid_score_resumes_to_the_same_tables(imported, one
     assert wd.read("analyses").get_column("text_id").is_unique().all()  # nothing parsed twice
     assert parsed_before > 0
     assert_same_tables(root, one_pass)
+
+
+def test_a_worker_killed_mid_run_is_one_error_line_and_a_rerun_resumes(imported, one_pass, tmp_path):
+    import psutil
+
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    cmd = [sys.executable, "-m", "pipelines.cli", "curate", "-w", str(root), "-r", "diverse",
+           "--partition-size", "64", "--workers", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while True:  # a spawned worker that has parsed something: kill it as the OOM killer would
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
+        if workers and _shards(root, "analyses") >= 2:
+            workers[0].kill()
+            break
+        assert proc.poll() is None, "the run ended before a worker could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 10, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    assert "worker process died" in lines[0] and "rerun" in lines[0]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert_same_tables(root, one_pass)
