@@ -3,9 +3,19 @@
 Each returns link rows (schemas.tables.DEDUP_LINKS without dedup_id): for every removed pair, the pair or source it
 duplicated, the method and the score. Where several rows duplicate each other, the one with the highest
 `priority` (then the smallest pair_id) is kept, so results do not depend on input order.
+
+Scale: the operators never need every vector at once. Vectors come from a *vector source* (`VectorSource`: `dim`,
+`len()` and `get(rows) -> float32 (len(rows), dim)`; an in-memory ndarray is wrapped by `as_vectors`), gathered
+in bounded chunks. The across-source search is exact (FAISS flat, all against all) up to a modest size and an
+inverted-list index over 8-bit codes above it, whose candidates are re-scored exactly; the keep/link pass works
+on numpy edge arrays in rounds instead of a Python loop per neighbour.
 """
 
 from __future__ import annotations
+
+import math
+import time
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import polars as pl
@@ -13,6 +23,86 @@ import polars as pl
 LINK_SCHEMA = {"pair_id": pl.String, "source_id": pl.String, "method": pl.String, "duplicate_of": pl.String,
                "duplicate_kind": pl.String, "score": pl.Float64, "index": pl.String}
 WITHIN_BLOCK = 1024  # rows per block of the within-source similarity matrix
+WITHIN_ROWS = 16_384  # vectors gathered at once for the within-source blocks
+WITHIN_CELLS = 8_000_000  # similarities computed at once for the within-source blocks (32 MB)
+SEARCH_CHUNK = 16_384  # queries (and vectors added) per index call; a multiple of FAISS's 4096-query BLAS tile
+RESCORE_CHUNK = 2048  # queries whose candidates are re-scored exactly at once
+RECALL_CHUNK = 16_384  # database vectors per brute-force block of the recall check
+GATHER_ROWS = 1024  # rows per call to a vector source: a memory-mapped one maps up to 64 KB (fault-around) per row
+TRAIN_PER_LIST = 20  # ivf: training vectors per list (recall as with 40 on planted duplicates, in half the time)
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
+SEMANTIC_METHODS = ("semantic-corpus", "semantic-source")  # sorted: codes 0 and 1 compare as the names do
+WITHIN_LABEL = "exact-block"
+
+
+@runtime_checkable
+class VectorSource(Protocol):
+    """Row-addressable float32 vectors: rows 0..len-1 in the operator's numbering."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """A float32 C-contiguous copy of the vectors at `rows` (any order, repeats allowed)."""
+        ...
+
+
+class ArrayVectors:
+    """An in-memory (n, dim) matrix as a vector source."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.asarray(array)
+        self.dim = int(self.array.shape[1]) if self.array.ndim == 2 else 0
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.array[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+
+class TakeVectors:
+    """Row r of this source is row `rows[r]` of `base` (e.g. a store of every text's vector)."""
+
+    def __init__(self, base: VectorSource, rows: np.ndarray):
+        self.base, self.rows, self.dim = base, np.asarray(rows, dtype=np.int64), int(base.dim)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.get(self.rows[np.asarray(rows, dtype=np.int64)])
+
+
+def as_vectors(vecs: np.ndarray | VectorSource) -> VectorSource:
+    """`vecs` itself when it is a vector source; an ndarray wrapped as one."""
+    if isinstance(vecs, np.ndarray):
+        return ArrayVectors(vecs)
+    if not hasattr(vecs, "get") or not hasattr(vecs, "dim"):
+        raise TypeError(f"expected an ndarray or a vector source (get(rows), dim, len), got {type(vecs).__name__}")
+    return vecs
+
+
+def gather(src: VectorSource, rows: np.ndarray) -> np.ndarray:
+    """`src.get(rows)` in pieces of GATHER_ROWS rows, so a memory-mapped source hands its pages back between pieces
+    (resident memory follows the piece, not the spread of the rows over the file)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size <= GATHER_ROWS:
+        return src.get(rows)
+    out = np.empty((rows.size, src.dim), dtype=np.float32)
+    for a in range(0, rows.size, GATHER_ROWS):
+        out[a:a + GATHER_ROWS] = src.get(rows[a:a + GATHER_ROWS])
+    return out
+
+
+def _chunks(n: int, size: int, tail_min: int = 1) -> list[tuple[int, int]]:
+    """[start, end) ranges of `size` rows; a last range shorter than `tail_min` joins the one before it."""
+    bounds = list(range(0, n, size)) + [n]
+    out = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if len(out) > 1 and out[-1][1] - out[-1][0] < tail_min:
+        out[-2:] = [(out[-2][0], n)]
+    return out
 
 
 def empty_links() -> pl.DataFrame:
@@ -28,107 +118,425 @@ def priority_order(pairs: pl.DataFrame, priority: str = "priority") -> pl.DataFr
     return pairs.sort([priority, "pair_id"], descending=[True, False], nulls_last=True)
 
 
-def exact_links(pairs: pl.DataFrame) -> pl.DataFrame:
+# ---------------------------------------------------------------------------------------------------- exact
+
+
+def exact_links(pairs: pl.DataFrame | pl.LazyFrame, priority: str = "priority",
+                engine: str = "streaming") -> pl.DataFrame:
     """Copies of their source, and the same paraphrase text under several sources (keep the best pair).
 
-    `pairs`: pair_id, source_id, candidate_id, is_source_copy, priority.
+    `pairs` (one row per pair_id): pair_id, source_id, candidate_id, is_source_copy, priority; a LazyFrame (e.g. a
+    parquet scan) runs out of core with Polars' streaming engine. Rows: the source copies in input order, then the
+    other duplicates best first (priority descending, NaN highest and nulls last as Polars sorts, then pair_id).
+    The kept pair of a paraphrase is the best of its pairs: highest priority, then smallest pair_id.
     """
-    rows = [(r["pair_id"], r["source_id"], "exact-source", r["source_id"], "source", 1.0, None)
-            for r in pairs.filter(pl.col("is_source_copy")).iter_rows(named=True)]
-    rest = priority_order(pairs.filter(~pl.col("is_source_copy")))
-    rest = rest.with_columns(keeper=pl.col("pair_id").first().over("candidate_id", order_by=None))
-    for r in rest.filter(pl.col("pair_id") != pl.col("keeper")).iter_rows(named=True):
-        rows.append((r["pair_id"], r["source_id"], "exact", r["keeper"], "pair", 1.0, None))
-    return _links(rows)
+    lf = pairs.lazy()
+    p = pl.col(priority)
+    copies = lf.filter(pl.col("is_source_copy")).select(
+        "pair_id", "source_id", method=pl.lit("exact-source"), duplicate_of=pl.col("source_id"),
+        duplicate_kind=pl.lit("source"), score=pl.lit(1.0), index=pl.lit(None, dtype=pl.String))
+    rest = lf.filter(~pl.col("is_source_copy")).select("pair_id", "source_id", "candidate_id", priority)
+    best = rest.group_by("candidate_id").agg(_best=p.nan_max())  # NaN sorts above every number; nulls ignored
+    tie = (pl.when(pl.col("_best").is_null()).then(True)  # only nulls: every pair ties
+           .when(pl.col("_best").is_nan()).then(p.is_nan())
+           .otherwise(p == pl.col("_best")))
+    keepers = (rest.join(best, on="candidate_id").filter(tie.fill_null(False))
+               .group_by("candidate_id").agg(_keeper=pl.col("pair_id").min()))
+    dups = (rest.join(keepers, on="candidate_id").filter(pl.col("pair_id") != pl.col("_keeper"))
+            .sort([priority, "pair_id"], descending=[True, False], nulls_last=True)
+            .select("pair_id", "source_id", method=pl.lit("exact"), duplicate_of=pl.col("_keeper"),
+                    duplicate_kind=pl.lit("pair"), score=pl.lit(1.0), index=pl.lit(None, dtype=pl.String)))
+    out = pl.concat([copies, dups]).collect(engine=engine)
+    return out.cast(LINK_SCHEMA) if out.height else empty_links()
 
 
-def choose_index(n: int, requested: str = "auto", exact_max: int = 100_000) -> str:
-    """flat (exact inner product) for small sets, HNSW above `exact_max` vectors."""
+# ---------------------------------------------------------------------------------------------------- search
+
+
+def choose_index(n: int, requested: str = "auto", exact_max: int = 20_000) -> str:
+    """flat (exact inner product, all against all) up to `exact_max` vectors, ivf above."""
     if requested != "auto":
         return requested
-    return "flat" if n <= exact_max else "hnsw"
+    return "flat" if n <= exact_max else "ivf"
+
+
+def ivf_lists(n: int, lists: int | None = None) -> int:
+    """Inverted lists for n vectors: `lists`, or about 4 x sqrt(n); never more than n."""
+    want = lists if lists is not None else max(1, round(4 * math.sqrt(n)))
+    return int(max(1, min(want, n)))
+
+
+def index_label(kind: str, lists: int | None = None, probe: int | None = None, k: int = 17) -> str:
+    """The `index` value of semantic-corpus links: the index kind and its parameters."""
+    if kind == "ivf":
+        return f"ivf-sq8:lists={lists},probe={probe}"
+    if kind == "hnsw":
+        return f"hnsw:M={HNSW_M},efSearch={max(64, 2 * k)}"
+    return kind
 
 
 def knn(vecs: np.ndarray, k: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inner-product k nearest neighbours of every row among all rows (self included), with FAISS."""
-    import faiss
-
-    n, d = vecs.shape
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = max(64, 2 * k)
-    else:
-        raise ValueError(f"unknown index kind {kind!r}")
-    index.add(vecs)
-    sims, ids = index.search(vecs, min(k, n))
+    """Inner-product k nearest neighbours of every row among all rows (self included), with FAISS (flat or hnsw)."""
+    src = as_vectors(vecs)
+    index = _exact_or_graph_index(src, kind, k)
+    n = len(src)
+    sims = np.empty((n, min(k, n)), dtype=np.float32)
+    ids = np.empty((n, min(k, n)), dtype=np.int64)
+    for a, b in _query_chunks(n, src.dim):
+        sims[a:b], ids[a:b] = index.search(gather(src, np.arange(a, b)), min(k, n))
     return sims, ids
 
 
-def _within_edges(groups: np.ndarray, vecs: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Every pair of rows of one group with cosine >= threshold (exact, blockwise)."""
-    edges: list[tuple[int, int, float]] = []
-    order = np.argsort(groups, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        members = order[a:b]
-        if members.size < 2:
+def _query_chunks(n: int, dim: int) -> list[tuple[int, int]]:
+    """Query ranges whose FAISS flat search computes exactly what one call over all n queries would: every range
+    starts on a 4096-query BLAS tile and is long enough to take the BLAS path (a short tail joins the range before)."""
+    import faiss
+
+    tile = max(1, int(faiss.cvar.distance_compute_blas_query_bs))
+    least = max(-(-int(faiss.cvar.distance_compute_blas_threshold) // max(1, dim)), faiss.omp_get_max_threads())
+    size = -(-max(SEARCH_CHUNK, least) // tile) * tile
+    return _chunks(n, size, tail_min=least)
+
+
+def _exact_or_graph_index(src: VectorSource, kind: str, k: int):
+    import faiss
+
+    d = src.dim
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = max(64, 2 * k)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    for a, b in _chunks(len(src), SEARCH_CHUNK):
+        index.add(gather(src, np.arange(a, b)))
+    return index
+
+
+def _ivf_index(src: VectorSource, lists: int, probe: int, seed: int):
+    """FAISS IVF over 8-bit scalar-quantised vectors (inner product), trained on a seeded sample, filled in chunks."""
+    import faiss
+
+    n, d = len(src), src.dim
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFScalarQuantizer(quantizer, d, lists, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.cp.min_points_per_centroid = 1  # the sample size is ours (TRAIN_PER_LIST); no warning for small sets
+    rng = np.random.default_rng(seed)
+    size = min(n, TRAIN_PER_LIST * lists)
+    sample = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    index.train(gather(src, sample))
+    for a, b in _chunks(n, SEARCH_CHUNK):
+        index.add(gather(src, np.arange(a, b)))
+    index.nprobe = min(probe, lists)
+    return index, quantizer, size
+
+
+def _rescore(src: VectorSource, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Exact cosine of each query (float32) with each of its candidates (ids < 0: -inf), from the float32 vectors
+    (FAISS's inner product over rows, on every core; the same value whichever of the two rows is the query)."""
+    import faiss
+
+    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+    valid = ids >= 0
+    if not valid.any():
+        return out
+    uniq, inv = np.unique(ids[valid], return_inverse=True)
+    cand = gather(src, uniq)
+    local = np.full(ids.shape, -1, dtype=np.int64)
+    local[valid] = inv
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(cand),
+                                     faiss.swig_ptr(local), q.shape[1], ids.shape[0], ids.shape[1])
+    return out
+
+
+def _edge_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)
+
+
+def across_edges(vecs: np.ndarray | VectorSource, gcode: np.ndarray, threshold: float, neighbors: int = 16,
+                 kind: str = "flat", *, lists: int | None = None, probe: int = 16, recall_sample: int = 1000,
+                 seed: int = 0, info: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row a, row b, cosine) for every row's neighbours (among its `neighbors` + 1 nearest, self included) of
+    another group (`gcode`: an integer group per row) at or above `threshold`; a link may appear from both ends.
+
+    kind flat / ivf / hnsw as in `semantic_links`; `info` receives the index parameters, timings and recall.
+    """
+    info = {} if info is None else info
+    src = as_vectors(vecs)
+    n, d = len(src), src.dim
+    k_req = neighbors + 1
+    k = min(k_req, n)
+    t0 = time.perf_counter()
+    keep_alive = None
+    if kind == "ivf":
+        lists = ivf_lists(n, lists)
+        index, keep_alive, trained = _ivf_index(src, lists, probe, seed)
+        probe = int(index.nprobe)
+        info.update(lists=lists, probe=probe, code="sq8", trained_on=trained, rescored=True)
+        ranges = _chunks(n, SEARCH_CHUNK)
+    else:
+        index = _exact_or_graph_index(src, kind, k_req)
+        if kind == "hnsw":
+            info.update(M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION, efSearch=max(64, 2 * k_req))
+        ranges = _query_chunks(n, d) if kind == "flat" else _chunks(n, SEARCH_CHUNK)
+    info["label"] = index_label(kind, lists, probe, k_req)
+    info["build_seconds"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    thr = threshold  # compared as the reference loop did: float32 scores with a Python float in float32 (NEP 50)
+    out_a, out_b, out_s = [], [], []
+    for a, b in ranges:
+        queries = gather(src, np.arange(a, b))
+        sims, ids = index.search(queries, k)
+        if kind == "ivf":
+            for r0, r1 in _chunks(b - a, RESCORE_CHUNK):
+                sims[r0:r1] = _rescore(src, queries[r0:r1], ids[r0:r1])
+        rows = np.arange(a, b, dtype=np.int64)[:, None]
+        ok = (ids >= 0) & (ids != rows) & (sims >= thr)
+        ok[ok] = gcode[ids[ok]] != gcode[np.broadcast_to(rows, ids.shape)[ok]]
+        out_a.append(np.broadcast_to(rows, ids.shape)[ok])
+        out_b.append(ids[ok])
+        out_s.append(sims[ok])
+    del index, keep_alive
+    info["search_seconds"] = round(time.perf_counter() - t0, 3)
+    ea = np.concatenate(out_a) if out_a else np.zeros(0, np.int64)
+    eb = np.concatenate(out_b) if out_b else np.zeros(0, np.int64)
+    es = np.concatenate(out_s) if out_s else np.zeros(0, np.float32)
+    if kind != "flat" and recall_sample > 0:
+        t0 = time.perf_counter()
+        info.update(_recall(src, gcode, thr, k, _edge_keys(ea, eb, n), recall_sample, seed))
+        info["recall_seconds"] = round(time.perf_counter() - t0, 3)
+    return ea, eb, es
+
+
+def exact_neighbours(src: VectorSource, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top k of the given rows among all rows (self included), in database blocks."""
+    import faiss
+
+    q = gather(src, queries)
+    n = len(src)
+    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+    for a, b in _chunks(n, RECALL_CHUNK):
+        s, i = faiss.knn(q, gather(src, np.arange(a, b)), min(k, b - a), faiss.METRIC_INNER_PRODUCT)
+        s = np.concatenate([best_s, s], axis=1)
+        i = np.concatenate([best_i, np.where(i >= 0, i + a, -1)], axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    return best_s, best_i
+
+
+def _recall(src: VectorSource, gcode: np.ndarray, thr: float, k: int, found: np.ndarray, sample: int,
+            seed: int) -> dict:
+    """Recall of the approximate search against exact search on `sample` seeded queries: of the links exact search
+    gives those queries (a neighbour of another group among the k nearest, at or above the threshold), the share
+    the index found (in either direction)."""
+    n = len(src)
+    rng = np.random.default_rng(seed + 1)
+    size = min(sample, n)
+    queries = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    sims, ids = exact_neighbours(src, queries, k)
+    rows = np.broadcast_to(queries[:, None], ids.shape)
+    ok = (ids >= 0) & (ids != rows) & (sims >= thr)
+    ok[ok] = gcode[ids[ok]] != gcode[rows[ok]]
+    exact = np.unique(_edge_keys(rows[ok], ids[ok], n))
+    hit = int(np.isin(exact, found).sum())
+    return {"recall": round(hit / exact.size, 4) if exact.size else None, "recall_queries": int(size),
+            "recall_exact_links": int(exact.size), "recall_found_links": hit}
+
+
+# ---------------------------------------------------------------------------------------------------- within
+
+
+def _group_bounds(gcode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by group (rows ascending inside a group) and the bounds of each group in that order."""
+    order = np.argsort(gcode, kind="stable")
+    g = gcode[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]) if g.size else np.zeros(1, np.int64)
+    return order, bounds
+
+
+def within_edges(gcode: np.ndarray, src: VectorSource, threshold: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray]:
+    """Every pair of rows of one group with cosine >= threshold: (row a, row b, cosine), exact.
+
+    Each group's similarities are its members' vectors (rows ascending) times their transpose, as one matrix
+    product per group (blocks of WITHIN_BLOCK rows for larger groups); groups of one size are stacked so one call
+    computes many groups, each with the same product as alone.
+    """
+    order, bounds = _group_bounds(gcode)
+    starts, sizes = bounds[:-1], np.diff(bounds)
+    out_a, out_b, out_s = [], [], []
+    for m in np.unique(sizes[sizes >= 2]):
+        m = int(m)
+        first = starts[sizes == m]
+        if m > WITHIN_BLOCK:
+            for s0 in first:
+                _within_large(order[s0:s0 + m], src, threshold, out_a, out_b, out_s)
             continue
-        gv = vecs[members]
-        for start in range(0, members.size, WITHIN_BLOCK):
-            sims = gv[start:start + WITHIN_BLOCK] @ gv.T
-            ii, jj = np.nonzero(sims >= threshold)
-            for i, j in zip(ii, jj, strict=True):
-                gi = start + i
-                if gi < j:
-                    edges.append((int(members[gi]), int(members[j]), float(sims[i, j])))
-    return edges
+        members = order[first[:, None] + np.arange(m)]  # (groups, m)
+        upper = np.triu(np.ones((m, m), dtype=bool), 1)
+        per = max(1, min(WITHIN_ROWS // m, WITHIN_CELLS // (m * m)))
+        for g0 in range(0, members.shape[0], per):
+            block = members[g0:g0 + per]
+            gv = gather(src, block.ravel()).reshape(block.shape[0], m, src.dim)
+            sims = gv @ gv.transpose(0, 2, 1)
+            g, i, j = np.nonzero((sims >= threshold) & upper)
+            out_a.append(block[g, i])
+            out_b.append(block[g, j])
+            out_s.append(sims[g, i, j])
+    if not out_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
 
 
-def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray, within: float | None, across: float | None,
-                   neighbors: int = 16, index: str = "flat") -> pl.DataFrame:
+def _within_large(members: np.ndarray, src: VectorSource, threshold: float, out_a: list, out_b: list,
+                  out_s: list) -> None:
+    """One group larger than WITHIN_BLOCK: blocks of rows against the whole group."""
+    gv = gather(src, members)
+    for start in range(0, members.size, WITHIN_BLOCK):
+        sims = gv[start:start + WITHIN_BLOCK] @ gv.T
+        ii, jj = np.nonzero(sims >= threshold)
+        keep = start + ii < jj
+        ii, jj = ii[keep], jj[keep]
+        out_a.append(members[start + ii])
+        out_b.append(members[jj])
+        out_s.append(sims[ii, jj])
+
+
+# ---------------------------------------------------------------------------------------------------- greedy
+
+
+def greedy_links(order: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndarray,
+                 method: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy keep/link pass over an undirected similarity graph, without a Python loop per node or edge.
+
+    Nodes are taken in `order` (best first): a node is kept unless an already kept node is its neighbour, and a
+    removed node links to its kept neighbour with the largest (score, node, method), as Python tuples compare.
+    Edges (a[e], b[e], score[e], method[e] a small int) may repeat; a node's neighbour counts with its best entry.
+
+    Decided in rounds: a node all of whose better-ranked neighbours are removed is kept, then every node with a
+    kept better-ranked neighbour is removed; the rounds number the longest such chain (small in practice).
+    Returns (removed nodes in `order`, the node each links to, the score, the method).
+    """
+    order = np.asarray(order, dtype=np.int64)
+    n = order.size
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    score = np.asarray(score)
+    method = np.zeros(a.size, dtype=np.int8) if method is None else np.asarray(method)
+    none = np.zeros(0, np.int64)
+    keep = a != b
+    a, b, score, method = a[keep], b[keep], score[keep], method[keep]
+    if a.size == 0:
+        return none, none, score[:0], method[:0]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    hi = np.where(rank[a] < rank[b], a, b)  # the better-ranked end
+    lo = np.where(rank[a] < rank[b], b, a)
+    srt = np.lexsort((method, score, lo, hi))  # each (hi, lo): its best (score, method) last
+    hi, lo, score, method = hi[srt], lo[srt], score[srt], method[srt]
+    last = np.r_[(hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1]), True]
+    hi, lo, score, method = hi[last], lo[last], score[last], method[last]
+    # compact node numbering: only nodes on an edge need deciding (the others are kept)
+    nodes, inv = np.unique(np.r_[hi, lo], return_inverse=True)
+    u, v = inv[:hi.size], inv[hi.size:]
+    state = np.zeros(nodes.size, dtype=np.int8)  # 0 undecided, 1 kept, 2 removed
+    eu, ev = u, v
+    while eu.size:
+        undecided = state == 0
+        blocked = np.zeros(nodes.size, dtype=bool)
+        blocked[ev[state[eu] != 2]] = True  # a better-ranked neighbour still undecided or kept
+        state[undecided & ~blocked] = 1
+        hit = np.zeros(nodes.size, dtype=bool)
+        hit[ev[state[eu] == 1]] = True
+        state[hit & undecided] = 2
+        live = state[ev] == 0
+        eu, ev = eu[live], ev[live]
+    state[state == 0] = 1
+    cand = (state[u] == 1) & (state[v] == 2)
+    cu, cv, cs, cm = u[cand], v[cand], score[cand], method[cand]
+    srt = np.lexsort((cm, cu, cs, cv))  # per removed node, its best (score, node, method) last
+    cu, cv, cs, cm = cu[srt], cv[srt], cs[srt], cm[srt]
+    last = np.r_[cv[1:] != cv[:-1], True]
+    removed, linked, cs, cm = nodes[cv[last]], nodes[cu[last]], cs[last], cm[last]
+    by_rank = np.argsort(rank[removed], kind="stable")
+    return removed[by_rank], linked[by_rank], cs[by_rank], cm[by_rank]
+
+
+# ---------------------------------------------------------------------------------------------------- semantic
+
+
+def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray | VectorSource, within: float | None,
+                   across: float | None, neighbors: int = 16, index: str = "flat", *, ivf_lists: int | None = None,
+                   ivf_probe: int = 16, recall_sample: int = 1000, seed: int = 0,
+                   info: dict | None = None) -> pl.DataFrame:
     """Near-duplicate paraphrases: cosine >= `within` inside one source group, >= `across` between groups.
 
-    `pairs` (pair_id, source_id, priority) is aligned with `vecs` (L2-normalised paraphrase embeddings). Greedy in
-    priority order: a pair is removed when an already kept pair is a duplicate of it; it links to the most similar.
-    Across groups, only each row's `neighbors` nearest are examined (FAISS `index`: flat or hnsw).
+    `pairs` (pair_id, source_id, priority) is aligned with `vecs` (L2-normalised paraphrase embeddings: an ndarray
+    or a vector source over the same rows). Greedy in priority order: a pair is removed when an already kept pair
+    is a duplicate of it; it links to the most similar. Within a group every pair of rows is compared exactly.
+    Across groups, only each row's `neighbors` nearest are examined, with FAISS `index`:
+    - flat: exact, all against all (the vectors held by the index as float32);
+    - ivf: `ivf_lists` inverted lists (None: about 4 x sqrt(n)) over 8-bit codes, `ivf_probe` lists searched per
+      query; each candidate is re-scored exactly, so scores and the threshold test are exact and only recall
+      depends on the index;
+    - hnsw: a graph over the float32 vectors.
+    For ivf and hnsw, recall against exact search is measured on `recall_sample` seeded queries (0: skip).
+    `info`, when given, receives the index kind, its parameters, timings and the recall.
     """
+    info = {} if info is None else info
+    src = as_vectors(vecs)
     n = pairs.height
+    if len(src) != n:
+        raise ValueError(f"{len(src)} vectors for {n} pairs")
+    info.update(kind=index if across is not None else None, vectors=n)
     if n < 2 or (within is None and across is None):
         return empty_links()
-    groups = pairs.get_column("source_id").to_numpy()
-    adj: list[list[tuple[int, float, str]]] = [[] for _ in range(n)]
+    gcode = pairs.get_column("source_id").rank("dense").fill_null(0).to_numpy().astype(np.int64)
+    parts = []
     if within is not None:
-        for i, j, s in _within_edges(groups, vecs, within):
-            adj[i].append((j, s, "semantic-source"))
-            adj[j].append((i, s, "semantic-source"))
+        ea, eb, es = within_edges(gcode, src, within)
+        parts.append((ea, eb, es, np.ones(ea.size, dtype=np.int8)))
     if across is not None:
-        sims, ids = knn(vecs, neighbors + 1, index)
-        for i in range(n):
-            for s, j in zip(sims[i], ids[i], strict=True):
-                if j < 0 or j == i or s < across or groups[j] == groups[i]:
-                    continue
-                adj[i].append((int(j), float(s), "semantic-corpus"))
-                adj[int(j)].append((i, float(s), "semantic-corpus"))
-    ranked = priority_order(pairs.with_row_index("_row"))
-    kept = np.zeros(n, dtype=bool)
-    ids_col = pairs.get_column("pair_id").to_list()
-    rows = []
-    for i in ranked.get_column("_row").to_list():
-        best = max(((s, j, m) for j, s, m in adj[i] if kept[j]), default=None)
-        if best is None:
-            kept[i] = True
-            continue
-        s, j, method = best
-        rows.append((ids_col[i], groups[i], method, ids_col[j], "pair", round(s, 6),
-                     index if method == "semantic-corpus" else "exact-block"))
-    return _links(rows)
+        ea, eb, es = across_edges(src, gcode, across, neighbors, index, lists=ivf_lists, probe=ivf_probe,
+                                  recall_sample=recall_sample, seed=seed, info=info)
+        parts.append((ea, eb, es, np.zeros(ea.size, dtype=np.int8)))
+    a, b, s, m = (np.concatenate(col) for col in zip(*parts, strict=True))
+    order = priority_order(pairs.with_row_index("_row")).get_column("_row").to_numpy().astype(np.int64)
+    removed, linked, score, method = greedy_links(order, a, b, s, m)
+    if removed.size == 0:
+        return empty_links()
+    ids = pairs.get_column("pair_id")
+    corpus = method == 0
+    return pl.DataFrame({
+        "pair_id": ids.gather(removed), "source_id": pairs.get_column("source_id").gather(removed),
+        "method": np.where(corpus, SEMANTIC_METHODS[0], SEMANTIC_METHODS[1]), "duplicate_of": ids.gather(linked),
+        "duplicate_kind": "pair", "score": [round(float(x), 6) for x in score],
+        "index": np.where(corpus, info.get("label", index), WITHIN_LABEL)}, schema=LINK_SCHEMA)
 
 
-def components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
-    """Connected-component label of each of n nodes (union-find)."""
+# ---------------------------------------------------------------------------------------------------- NLI graph
+
+
+def components(n: int, edges: list[tuple[int, int]] | np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes: the smallest node of its component."""
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    try:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+    except ImportError:  # pragma: no cover - scipy comes with sentence-transformers
+        return _components_loop(n, e)
+    graph = coo_matrix((np.ones(e.shape[0], dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)  # labels count up in order of each component's first node
+    return first[labels]
+
+
+def _components_loop(n: int, edges: np.ndarray) -> np.ndarray:
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -137,11 +545,11 @@ def components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
             x = parent[x]
         return x
 
-    for a, b in edges:
+    for a, b in edges.tolist():
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
 def nli_graph_links(pairs: pl.DataFrame, edges: list[tuple[int, int, float]]) -> pl.DataFrame:
@@ -151,15 +559,21 @@ def nli_graph_links(pairs: pl.DataFrame, edges: list[tuple[int, int, float]]) ->
     are the links at or above the threshold. The kept pair has the highest priority; each other member links to
     it with the strongest entailment that joined it to the component.
     """
-    if not edges:
+    if not len(edges):
         return empty_links()
-    labels = components(pairs.height, [(a, b) for a, b, _ in edges])
+    e = np.asarray([(a, b) for a, b, _ in edges], dtype=np.int64)
+    s = np.asarray([x for _, _, x in edges], dtype=np.float64)
+    labels = components(pairs.height, e)
     strongest = np.zeros(pairs.height)
-    for a, b, s in edges:
-        strongest[a] = max(strongest[a], s)
-        strongest[b] = max(strongest[b], s)
+    np.maximum.at(strongest, e[:, 0], s)
+    np.maximum.at(strongest, e[:, 1], s)
     df = priority_order(pairs.with_columns(_comp=pl.Series(labels), _strong=pl.Series(strongest)))
     df = df.with_columns(keeper=pl.col("pair_id").first().over("_comp"))
-    rows = [(r["pair_id"], r["source_id"], "nli-graph", r["keeper"], "pair", round(float(r["_strong"]), 6), None)
-            for r in df.filter(pl.col("pair_id") != pl.col("keeper")).iter_rows(named=True)]
-    return _links(rows)
+    out = df.filter(pl.col("pair_id") != pl.col("keeper"))
+    if out.height == 0:
+        return empty_links()
+    return pl.DataFrame({
+        "pair_id": out.get_column("pair_id"), "source_id": out.get_column("source_id"), "method": "nli-graph",
+        "duplicate_of": out.get_column("keeper"), "duplicate_kind": "pair",
+        "score": [round(float(x), 6) for x in out.get_column("_strong").to_list()], "index": None},
+        schema=LINK_SCHEMA)

@@ -2,6 +2,9 @@
 
 Writes one dedup_links set per dedup_id (settings + embedding model + pair set); a rerun with the same inputs
 reuses it. The pair kept in each duplicate group is the one most similar to its source (cosine).
+
+Memory stays bounded at any corpus size: vectors are read from the vector store (a memory-mapped file) in chunks of
+CHUNK pairs, never all at once; the semantic search holds its index (8-bit codes above `exact_max` vectors).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import time
 import numpy as np
 import polars as pl
 
-from curation.dedup import choose_index, empty_links, exact_links, nli_graph_links, semantic_links
+from curation.dedup import TakeVectors, choose_index, empty_links, exact_links, gather, nli_graph_links, semantic_links
+from pipelines.rowstore import VectorStore
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
 from pipelines.steps.pairs import content_key, pair_set_hash
 from pipelines.store import Workdir
 from schemas.recipe import DedupConfig, EmbedConfig, NLIConfig
+
+CHUNK = 50_000  # pairs whose vectors are gathered at once
 
 
 def methods(cfg: DedupConfig) -> list[str]:
@@ -33,11 +39,22 @@ def dedup_id(cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs
     return content_key("dedup-v1", cfg.model_dump(), embed_step.model_id(embed_cfg), nli, pair_set_hash(pairs))
 
 
-def _pair_vectors(wd: Workdir, mid: str, pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Paraphrase vectors and source cosine of every pair, read from the embeddings table once."""
-    src = embed_step.vectors(wd, mid, pairs.get_column("source_id"))
-    para = embed_step.vectors(wd, mid, pairs.get_column("candidate_id"))
-    return para, ((src * para).sum(axis=1) if pairs.height else np.zeros(0))
+def _store_rows(vs: VectorStore, pairs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The vector-store rows of every pair's source and paraphrase."""
+    try:
+        return vs.rows_of(pairs.get_column("source_id")), vs.rows_of(pairs.get_column("candidate_id"))
+    except KeyError as e:
+        raise RuntimeError(f"embeddings missing for some texts ({e.args[0]}); run the embed stage first") from None
+
+
+def _cosines(vs: VectorStore, src_rows: np.ndarray, para_rows: np.ndarray) -> np.ndarray:
+    """Cosine of each pair's source and paraphrase (float32, the same expression per row as over all rows at once),
+    CHUNK pairs at a time."""
+    out = np.zeros(src_rows.size, dtype=np.float32)
+    for a in range(0, src_rows.size, CHUNK):
+        src, para = gather(vs, src_rows[a:a + CHUNK]), gather(vs, para_rows[a:a + CHUNK])
+        out[a:a + CHUNK] = (src * para).sum(axis=1)
+    return out
 
 
 def _nli_edges(wd: Workdir, cfg: DedupConfig, nli_cfg: NLIConfig, rest: pl.DataFrame, vecs: np.ndarray,
@@ -85,21 +102,27 @@ def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         if wd.current_set("dedup_links") != did:
             wd.make_current("dedup_links", did)
         return {**done, "skipped": True}
-    mid = embed_step.model_id(embed_cfg)
-    para_vecs, cosine = _pair_vectors(wd, mid, pairs)
+    vs = VectorStore.open(wd, embed_step.model_id(embed_cfg))
+    src_rows, para_rows = _store_rows(vs, pairs)
+    cosine = _cosines(vs, src_rows, para_rows)
     work = pairs.with_columns(priority=pl.Series(cosine, dtype=pl.Float64)).with_row_index("_vec")
-    links = [exact_links(work) if cfg.exact else empty_links()]
+    links = [exact_links(work.lazy()) if cfg.exact else empty_links()]
     rest = work.join(links[0].select("pair_id"), on="pair_id", how="anti").sort("pair_id")
     index = choose_index(rest.height, cfg.index, cfg.exact_max)
-    stats["index"] = index if cfg.across_sources is not None else None
-    vecs = para_vecs[rest.get_column("_vec").to_numpy()]
-    sem = semantic_links(rest, vecs, cfg.within_source, cfg.across_sources, cfg.neighbors, index)
+    search: dict = {}
+    vecs = TakeVectors(vs, para_rows[rest.get_column("_vec").to_numpy()])
+    sem = semantic_links(rest, vecs, cfg.within_source, cfg.across_sources, cfg.neighbors, index,
+                         ivf_lists=cfg.ivf_lists, ivf_probe=cfg.ivf_probe, recall_sample=cfg.recall_sample,
+                         info=search)
+    stats["index"] = search.get("label", index) if cfg.across_sources is not None else None
+    if cfg.across_sources is not None:
+        stats["search"] = search  # index kind, parameters, timings and (approximate kinds) measured recall
     links.append(sem)
     if cfg.nli_graph:
         rest = rest.join(sem.select("pair_id"), on="pair_id", how="anti").sort("pair_id")
         fwd, bwd = nli_step.both_directions(wd, nli_cfg, rest, progress)
         rest = rest.with_columns(priority=pl.Series(fwd.astype(np.float64) + bwd))
-        vecs = para_vecs[rest.get_column("_vec").to_numpy()]
+        vecs = gather(vs, para_rows[rest.get_column("_vec").to_numpy()])
         links.append(nli_graph_links(rest, _nli_edges(wd, cfg, nli_cfg, rest, vecs, progress)))
     all_links = pl.concat(links).with_columns(dedup_id=pl.lit(did))
     wd.append("dedup_links", all_links, key=did)
