@@ -419,8 +419,9 @@ def greedy_links(order: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndar
     removed node links to its kept neighbour with the largest (score, node, method), as Python tuples compare.
     Edges (a[e], b[e], score[e], method[e] a small int) may repeat; a node's neighbour counts with its best entry.
 
-    Decided in rounds: a node all of whose better-ranked neighbours are removed is kept, then every node with a
-    kept better-ranked neighbour is removed; the rounds number the longest such chain (small in practice).
+    Decided in rounds: a node all of whose better-ranked neighbours are removed is kept, and every node with a
+    kept better-ranked neighbour is removed; the rounds number the longest such chain (small in practice), each
+    costing the edges of the nodes it decides.
     Returns (removed nodes in `order`, the node each links to, the score, the method).
     """
     order = np.asarray(order, dtype=np.int64)
@@ -444,19 +445,7 @@ def greedy_links(order: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndar
     # compact node numbering: only nodes on an edge need deciding (the others are kept)
     nodes, inv = np.unique(np.r_[hi, lo], return_inverse=True)
     u, v = inv[:hi.size], inv[hi.size:]
-    state = np.zeros(nodes.size, dtype=np.int8)  # 0 undecided, 1 kept, 2 removed
-    eu, ev = u, v
-    while eu.size:
-        undecided = state == 0
-        blocked = np.zeros(nodes.size, dtype=bool)
-        blocked[ev[state[eu] != 2]] = True  # a better-ranked neighbour still undecided or kept
-        state[undecided & ~blocked] = 1
-        hit = np.zeros(nodes.size, dtype=bool)
-        hit[ev[state[eu] == 1]] = True
-        state[hit & undecided] = 2
-        live = state[ev] == 0
-        eu, ev = eu[live], ev[live]
-    state[state == 0] = 1
+    state = _decide(nodes.size, u, v)
     cand = (state[u] == 1) & (state[v] == 2)
     cu, cv, cs, cm = u[cand], v[cand], score[cand], method[cand]
     srt = np.lexsort((cm, cu, cs, cv))  # per removed node, its best (score, node, method) last
@@ -465,6 +454,37 @@ def greedy_links(order: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndar
     removed, linked, cs, cm = nodes[cv[last]], nodes[cu[last]], cs[last], cm[last]
     by_rank = np.argsort(rank[removed], kind="stable")
     return removed[by_rank], linked[by_rank], cs[by_rank], cm[by_rank]
+
+
+def _decide(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Kept (1) or removed (2) for nodes 0..n-1 given edges u -> v from the better-ranked end, in rounds: a node is
+    kept once every better-ranked neighbour is removed, removed as soon as one is kept. Each round follows only the
+    edges out of the nodes decided in the round before."""
+    order = np.argsort(u, kind="stable")
+    tgt_of = v[order]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=n), out=ptr[1:])
+    waiting = np.bincount(v, minlength=n)  # better-ranked neighbours not yet decided
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 removed
+    frontier = np.flatnonzero(waiting == 0)
+    state[frontier] = 1
+    while frontier.size:
+        starts, counts = ptr[frontier], ptr[frontier + 1] - ptr[frontier]
+        total = int(counts.sum())
+        if total == 0:
+            break
+        offsets = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+        src, tgt = np.repeat(frontier, counts), tgt_of[offsets]
+        live = state[tgt] == 0
+        src, tgt = src[live], tgt[live]
+        removed = np.unique(tgt[state[src] == 1])
+        state[removed] = 2
+        seen, times = np.unique(tgt, return_counts=True)
+        waiting[seen] -= times
+        kept = seen[(waiting[seen] == 0) & (state[seen] == 0)]
+        state[kept] = 1
+        frontier = np.concatenate([removed, kept])
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------- semantic
