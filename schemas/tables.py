@@ -165,7 +165,8 @@ DEDUP_LINKS = {  # one row per pair removed by dedup: which row it duplicated, h
     "duplicate_of": pl.String,  # the kept pair_id (or the source_id for exact-source)
     "duplicate_kind": pl.String,  # "pair" | "source"
     "score": pl.Float64,  # 1.0 for exact; cosine for semantic; min mutual entailment for nli-graph
-    "index": pl.String,  # FAISS index used (flat | hnsw), null for exact / nli-graph
+    "index": pl.String,  # semantic-corpus: the index and its parameters (flat | ivf-sq8:lists=N,probe=P |
+    # hnsw:M=32,efSearch=E); semantic-source: exact-block; null for exact / nli-graph
 }
 
 SCORES = {  # one row per pair, one column per metric (null when that scorer was not run)
