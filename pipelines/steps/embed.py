@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import polars as pl
 
 from curation.embedding import embedder_id, encode, load_embedder
@@ -50,17 +49,3 @@ def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=N
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats
 
-
-def vectors(wd: Workdir, mid: str, text_ids: pl.Series) -> np.ndarray:
-    """Stored vectors for `text_ids` (in that order); every id must have been embedded with `mid`."""
-    ids = pl.DataFrame({"text_id": text_ids})
-    stored = (wd.scan("embeddings").filter(pl.col("model_id") == mid)
-              .filter(pl.col("text_id").is_in(text_ids.unique().implode()))
-              .unique("text_id", keep="first").collect())
-    rows = ids.join(stored, on="text_id", how="left", maintain_order="left")
-    if rows.get_column("embedding").null_count():
-        raise RuntimeError("embeddings missing for some texts; run the embed stage first")
-    dim = rows.get_column("embedding").list.len()[0] if rows.height else 0
-    if rows.height == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    return rows.get_column("embedding").list.to_array(dim).to_numpy().astype(np.float32, copy=False)
