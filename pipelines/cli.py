@@ -38,8 +38,8 @@ WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", "-w", envvar="PARA
 INTERRUPTED = 130  # Ctrl-C: the exit code shells use for SIGINT
 RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe YAML path or shipped name.")]
 PartitionOpt = Annotated[int | None, typer.Option(
-    "--partition-size", help="Pairs per partition of the per-pair stages (recipe execution.partition_size, default "
-    "50000): peak memory follows it, never the corpus size.")]
+    "--partition-size", help="Pairs per partition of the scoring (recipe execution.partition_size, default 50000): "
+    "the memory of the per-partition work follows it.")]
 WorkersOpt = Annotated[str | None, typer.Option(
     "--workers", help="Worker processes for parsing and scoring: auto (one per core) or a number; 1 = all in this "
     "process (recipe execution.workers).")]
@@ -293,23 +293,21 @@ def _print_curation(res: dict) -> None:
 
 
 @app.command()
-def embed(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
-          workers: WorkersOpt = None) -> None:
+def embed(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
     """Embed every unique source and paraphrase once per model (cached in the embeddings table).
 
     Example: paradistill embed -w work/demo -r demo
     """
-    _curate_verb("embed", workdir, recipe, partition_size, workers)
+    _curate_verb("embed", workdir, recipe)
 
 
 @app.command()
-def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
-          workers: WorkersOpt = None) -> None:
+def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
     """Exact, FAISS-semantic and NLI-graph dedup (embeds first if needed); see the dedup_links table.
 
     Example: paradistill dedup -w work/demo -r demo
     """
-    _curate_verb("dedup", workdir, recipe, partition_size, workers)
+    _curate_verb("dedup", workdir, recipe)
 
 
 @app.command()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,11 +20,19 @@ from schemas.errors import WorkerDied
 
 
 def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    """Cores this process may use: the affinity mask (taskset, cpusets) and a cgroup CPU quota (a container
+    limited to 2 CPUs on a 64-core host gets 2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -36,7 +46,10 @@ def _init_worker() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)  # one core per worker: the pool, not each worker's BLAS, spreads the work
+    os.environ["NUMBA_NUM_THREADS"] = "1"  # read when numba is first imported (by the first task)
+    threadpool_limits(1)  # one core per worker: the pool, not each worker's BLAS or OpenMP, spreads the work
+    if "numba" in sys.modules:  # already imported by the main module's re-import
+        sys.modules["numba"].set_num_threads(1)
 
 
 class Pool:
@@ -96,3 +109,32 @@ class Pool:
             for proc in procs:
                 proc.terminate()
         self._executor = None
+
+
+class Background:
+    """A step run in a thread beside the main one (the parse beside a GPU encoder); `result()` joins it."""
+
+    def __init__(self, fn, *args, **kwargs):
+        self.stop = threading.Event()
+        self._out: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn, args, {**kwargs, "stop": self.stop}),
+                                        daemon=True, name="paradistill-background")
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._out["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by result()
+            self._out["error"] = e
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+    def abandon(self, timeout: float = 60.0) -> None:
+        """After an error elsewhere: submit nothing more and wait for the thread (its pool is being closed, so
+        it ends soon); its own error, if any, is dropped in favour of the first one."""
+        self.stop.set()
+        self._thread.join(timeout)

@@ -9,10 +9,10 @@ from pathlib import Path
 from curation.embedding import resolve_device
 from curation.filters import validate as validate_rules
 from pipelines.manifest import RunManifest, close_stale_runs
-from pipelines.pool import Pool, resolve_workers
+from pipelines.pool import Background, Pool, resolve_workers
 from pipelines.progress import make_progress
 from pipelines.recipes_io import load_recipe, validated
-from pipelines.steps.analyses import Background, parse_missing
+from pipelines.steps.analyses import parse_missing
 from pipelines.steps.candidates import build_candidates
 from pipelines.steps.dedup import dedup
 from pipelines.steps.dedup import methods as dedup_methods
@@ -244,8 +244,9 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
                 out["parse"] = parse.result()
                 manifest.record_stage("parse", out["parse"])
         except BaseException:
-            if parse is not None:
-                parse.stop.set()  # no new parse tasks; the pool's exit ends the running ones
+            if parse is not None:  # no parse shard may be written once the workdir is unlocked
+                pool.close(abort=True)
+                parse.abandon()
             raise
         if "score" in stages:
             out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, pool,

@@ -120,7 +120,7 @@ class Workdir:
         if df.height == 0:
             return None
         df = conform(df, table) if table in TABLES else df
-        first = not self.shards(table)
+        first = next((self.tables_dir / table).glob("part-*.parquet"), None) is None  # not a listing per append
         name = f"part-set-{key}.parquet" if key else f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         path = self._write_shard(table, df, name)
         if first:  # a view over a glob sees later shards by itself; only a new table needs a view

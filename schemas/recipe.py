@@ -249,8 +249,9 @@ class ExecutionConfig(_Strict):
     """How curation runs on this machine: partitions of bounded size, CPU work in a pool of worker processes."""
 
     partition_size: int = Field(
-        50_000, ge=64, le=10_000_000, description="Pairs per partition of the per-pair stages (score, NLI) and "
-        "texts per partition of the per-text ones (embed, parse): peak memory follows it, not the corpus size.")
+        50_000, ge=64, le=10_000_000, description="Pairs per partition of the scoring, split among the workers "
+        "(and at most this many texts per worker's parse task, up to 2048): the memory of the per-partition work "
+        "follows it, not the corpus size.")
     workers: int | Literal["auto"] = Field(
         "auto", description="Worker processes for the CPU-bound work (spaCy parse, metric kernels); auto = one per "
         "core of this machine, 1 = everything in this process.")

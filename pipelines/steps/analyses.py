@@ -76,29 +76,3 @@ def analyses_store(wd: Workdir, spacy_model: str) -> RowsStore:
     aid = analyzer_id(spacy_model)
     return RowsStore.open(wd, "analyses", "text_id", pl.col("analyzer") == aid, ["lemmas", "tree", "n_tokens"], aid)
 
-
-class Background:
-    """A step run in a thread beside the main one (the parse beside the encoder); `result()` joins it."""
-
-    def __init__(self, fn, *args, **kwargs):
-        self.stop = threading.Event()
-        self._out: dict = {}
-        self._thread = threading.Thread(target=self._run, args=(fn, args, {**kwargs, "stop": self.stop}),
-                                        daemon=True, name="paradistill-background")
-        self._thread.start()
-
-    def _run(self, fn, args, kwargs) -> None:
-        try:
-            self._out["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by result()
-            self._out["error"] = e
-
-    def result(self):
-        self._thread.join()
-        if "error" in self._out:
-            raise self._out["error"]
-        return self._out["value"]
-
-    def cancel(self) -> None:
-        self.stop.set()
-        self._thread.join()

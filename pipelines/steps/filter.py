@@ -23,11 +23,13 @@ def filter_id(cfg: FilterConfig, score_set: str, dedup_id: str, candidate_rows: 
 def metrics_by_selection(pairs: pl.DataFrame, scores: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame:
     """Method B's dataset-quality columns for all, kept and dropped pairs.
 
-    The join gives the rows their order (MSTTR's token stream follows it); it carries each pair's row number,
+    The rows keep `pairs`' order (MSTTR's token stream follows it, whatever order the scores were written in);
+    the join carries each pair's row number,
     not its texts, which are tokenised once, in `pairs`, for the three selections."""
     row = "__pair_row__"
     df = (pairs.select("pair_id").with_row_index(row)
-          .join(scores.drop("source_id"), on="pair_id").join(decisions.select("pair_id", "kept"), on="pair_id"))
+          .join(scores.drop("source_id"), on="pair_id", maintain_order="left")
+          .join(decisions.select("pair_id", "kept"), on="pair_id", maintain_order="left"))
     texts = pairs.select("source_id", "source", "paraphrase")
     by_selection = corpus_metrics_split(df.drop(row, "kept"), df.get_column("kept"), texts=texts, rows=df[row])
     frame = pl.DataFrame([{"selection": name, **m} for name, m in by_selection.items()], infer_schema_length=None)

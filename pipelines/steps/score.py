@@ -54,7 +54,8 @@ _STORES: dict[Path, object] = {}  # per process: a worker opens each store once
 
 def _store(cls, path: Path):
     if path not in _STORES:
-        _STORES.clear()  # a new run's stores replace the last one's
+        for old in [p for p in _STORES if not p.exists()]:  # a later run rebuilt it
+            del _STORES[old]
         _STORES[path] = cls.at(path)
     return _STORES[path]
 
@@ -83,9 +84,11 @@ def _score_task(task: dict) -> pl.DataFrame:
 
 
 def _stale_partitions(wd: Workdir, sid: str, layout: str) -> None:
-    """Drop the shards an interrupted run of this set wrote with another partition layout."""
-    for p in (wd.tables_dir / "scores").glob(f"part-set-{sid}-*.parquet"):
-        if not p.name.startswith(f"part-set-{sid}-{layout}-"):
+    """Drop the shards an interrupted run of this set wrote with another partition layout (or as one shard,
+    as versions before partitions did)."""
+    folder = wd.tables_dir / "scores"
+    for p in [*folder.glob(f"part-set-{sid}-*.parquet"), folder / f"part-set-{sid}.parquet"]:
+        if p.exists() and not p.name.startswith(f"part-set-{sid}-{layout}-"):
             p.unlink()
 
 
@@ -113,9 +116,13 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         task_base["analyses"] = analyses_store(wd, cfg.spacy_model).path
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)
-    if "nli" in scorers:
+    nli = None
+    if "nli" in scorers:  # one pass over every pair, as before partitions: the model's batches (and so the last
+        t = time.perf_counter()  # bits of its probabilities) do not depend on the partition size
+        fwd, bwd = nli_step.both_directions(wd, nli_cfg, pairs, progress)
+        nli = (fwd.astype(np.float64), bwd.astype(np.float64))
         stats["nli_model"] = nli_step.nli_model(nli_cfg).model_id
-        stats["seconds_by_input"]["nli"] = 0.0
+        stats["seconds_by_input"]["nli"] = round(time.perf_counter() - t, 3)
     # one pool task per partition / workers, so the pairs in flight stay about one partition
     task_size = max(1, -(-partition_size // pool.workers))
     parts = by_source(pairs, task_size)
@@ -126,17 +133,13 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     stats.update({"partitions": len(parts), "partitions_reused": len(parts) - len(todo)})
     bar = progress.add_task("score", total=pairs.height, unit="pairs") if progress else None
     if bar is not None:
-        progress.advance(bar, sum(len(parts[k]) for k in range(len(parts)) if k not in set(todo)))
+        progress.advance(bar, pairs.height - sum(len(parts[k]) for k in todo))
 
     def tasks():
         for k in todo:
-            part = pairs[parts[k]].select(PAIR_COLUMNS)
-            task = {**task_base, "pairs": part}
-            if "nli" in scorers:
-                t = time.perf_counter()
-                fwd, bwd = nli_step.both_directions(wd, nli_cfg, part, progress)
-                task["nli"] = (fwd.astype(np.float64), bwd.astype(np.float64))
-                stats["seconds_by_input"]["nli"] += time.perf_counter() - t
+            task = {**task_base, "pairs": pairs[parts[k]].select(PAIR_COLUMNS)}
+            if nli is not None:
+                task["nli"] = (nli[0][parts[k]], nli[1][parts[k]])
             yield task
 
     t = time.perf_counter()
@@ -144,9 +147,7 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         wd.append("scores", scores.with_columns(score_set=pl.lit(sid)), key=key(k))
         if bar is not None:
             progress.advance(bar, scores.height)
-    stats["seconds_by_input"]["metrics"] = round(time.perf_counter() - t - stats["seconds_by_input"].get("nli", 0), 3)
-    if "nli" in scorers:
-        stats["seconds_by_input"]["nli"] = round(stats["seconds_by_input"]["nli"], 3)
+    stats["seconds_by_input"]["metrics"] = round(time.perf_counter() - t, 3)
     wd.make_current("scores", sid)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     wd.mark_stage_done("score", sid, stats)
