@@ -166,6 +166,12 @@ def ivf_lists(n: int, lists: int | None = None) -> int:
     return int(max(1, min(want, n)))
 
 
+def corpus_label(info: dict, index: str) -> str:
+    """The links' `index` value: the index and its parameters, and for an approximate one its measured recall."""
+    label = info.get("label", index)
+    return label if info.get("recall") is None else f"{label},recall={info['recall']:.4f}"
+
+
 def index_label(kind: str, lists: int | None = None, probe: int | None = None, k: int = 17) -> str:
     """The `index` value of semantic-corpus links: the index kind and its parameters."""
     if kind == "ivf":
@@ -173,18 +179,6 @@ def index_label(kind: str, lists: int | None = None, probe: int | None = None, k
     if kind == "hnsw":
         return f"hnsw:M={HNSW_M},efSearch={max(64, 2 * k)}"
     return kind
-
-
-def knn(vecs: np.ndarray, k: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inner-product k nearest neighbours of every row among all rows (self included), with FAISS (flat or hnsw)."""
-    src = as_vectors(vecs)
-    index = _exact_or_graph_index(src, kind, k)
-    n = len(src)
-    sims = np.empty((n, min(k, n)), dtype=np.float32)
-    ids = np.empty((n, min(k, n)), dtype=np.int64)
-    for a, b in _query_chunks(n, src.dim):
-        sims[a:b], ids[a:b] = index.search(gather(src, np.arange(a, b)), min(k, n))
-    return sims, ids
 
 
 def _query_chunks(n: int, dim: int) -> list[tuple[int, int]]:
@@ -536,7 +530,7 @@ def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray | VectorSource, within:
         "pair_id": ids.gather(removed), "source_id": pairs.get_column("source_id").gather(removed),
         "method": np.where(corpus, SEMANTIC_METHODS[0], SEMANTIC_METHODS[1]), "duplicate_of": ids.gather(linked),
         "duplicate_kind": "pair", "score": [round(float(x), 6) for x in score],
-        "index": np.where(corpus, info.get("label", index), WITHIN_LABEL)}, schema=LINK_SCHEMA)
+        "index": np.where(corpus, corpus_label(info, index), WITHIN_LABEL)}, schema=LINK_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------------- NLI graph
