@@ -248,10 +248,14 @@ def test_filter_step_metrics_equal_previous_code(monkeypatch):
     monkeypatch.setattr(corpus._Vocab, "encode", lambda self, texts: encoded.append(texts.name) or real(self, texts))
     got = filter_step.metrics_by_selection(pairs, scores, decisions)
     assert encoded == ["paraphrase"]
-    assert_frame_equal(got, ref_metrics_by_selection(pairs, scores, decisions))
+    # the previous pipeline always stored scores and decisions in pair order, so its join kept that order; ours
+    # keeps the pairs' order whatever order the scores were written in (partitions write them by source)
+    in_order = [f.join(pairs.select("pair_id").with_row_index("_r"), on="pair_id").sort("_r").drop("_r")
+                for f in (scores, decisions)]
+    assert_frame_equal(got, ref_metrics_by_selection(pairs, *in_order))
     nobody = decisions.with_columns(kept=pl.lit(False))
     assert_frame_equal(filter_step.metrics_by_selection(pairs, scores, nobody),
-                       ref_metrics_by_selection(pairs, scores, nobody))
+                       ref_metrics_by_selection(pairs, in_order[0], in_order[1].with_columns(kept=pl.lit(False))))
 
 
 def test_texts_by_row_number():

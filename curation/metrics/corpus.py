@@ -49,6 +49,8 @@ import numba
 import numpy as np
 import polars as pl
 
+from .lexical import _jaccard_kernel
+
 __all__ = ["corpus_metrics", "corpus_metrics_split", "ngram_entropy", "msttr", "MSTTR_SEGMENT"]
 
 MSTTR_SEGMENT = 50
@@ -575,34 +577,13 @@ def _msttrs(off: np.ndarray, ids: np.ndarray, vocab: int, lab: np.ndarray, label
 
 
 # ----------------------------------------------------------------------------------------------------- Jaccard
-@numba.njit(cache=True, nogil=True)
-def _pair_jaccard(soff, sids, toff, tids, vocab):  # pragma: no cover - compiled
-    """lexical.token_jaccard per row (the same integer counts and division)."""
+def _pair_jaccard(soff, sids, toff, tids, vocab: int) -> np.ndarray:
+    """lexical.token_jaccard per row, by its own kernel over the two token streams laid end to end."""
     n = len(soff) - 1
-    out = np.empty(n, dtype=np.float64)
-    mark_a = np.full(max(vocab, 1), -1, dtype=np.int32)
-    mark_b = np.full(max(vocab, 1), -1, dtype=np.int32)
-    for p in range(n):
-        na = 0
-        for k in range(soff[p], soff[p + 1]):
-            t = sids[k]
-            if mark_a[t] != p:
-                mark_a[t] = p
-                na += 1
-        nb = 0
-        inter = 0
-        for k in range(toff[p], toff[p + 1]):
-            t = tids[k]
-            if mark_b[t] != p:
-                mark_b[t] = p
-                nb += 1
-                if mark_a[t] == p:
-                    inter += 1
-        if na == 0 and nb == 0:
-            out[p] = 1.0
-        else:
-            out[p] = inter / (na + nb - inter)
-    return out
+    off = np.concatenate([soff, toff[1:] + soff[-1]]).astype(np.int64)
+    ids = np.concatenate([sids, tids]).astype(np.int64)
+    rows = np.arange(n, dtype=np.int64)
+    return _jaccard_kernel(off, ids, rows, rows + n, max(1, vocab))
 
 
 # ------------------------------------------------------------------------------------------ list-based helpers
