@@ -11,8 +11,8 @@ import polars as pl
 
 
 def by_source(pairs: pl.DataFrame, size: int) -> list[np.ndarray]:
-    """Row numbers of `pairs` per partition: sources in id order, about `size` pairs each (a source with more
-    pairs than `size` is one partition of its own)."""
+    """Row numbers of `pairs` per partition: sources in id order, cut at the first source boundary at least
+    `size` pairs into the partition (so a partition holds `size` pairs plus the rest of its last source)."""
     if pairs.height == 0:
         return []
     order = pairs.select(pl.arg_sort_by("source_id", "pair_id")).to_series().to_numpy()
