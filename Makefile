@@ -33,7 +33,7 @@ bench: $(STAMP)
 # HF_HUB_OFFLINE=1 .venv/bin/python bench/scale.py --sizes 1m; semantic dedup beside semhash: ... --semhash
 bench-scale: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/scale.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/scale.py $(ARGS)
 
 bench-teacher: $(STAMP)
 	$(BIN)/python bench/teacher.py
