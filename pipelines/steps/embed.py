@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import polars as pl
@@ -45,6 +46,9 @@ def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=N
         if task is not None:
             progress.advance(task, chunk.height)
     secs = time.perf_counter() - t1
+    del embedder
+    load_embedder.cache_clear()  # the stages after this one never encode: hand the model's memory back
+    gc.collect()
     stats["texts_per_s"] = round(stats["embedded"] / secs, 1) if secs > 0 else None
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats
