@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from bench import synthetic
 from pipelines import runner
 from pipelines.partitions import by_source
 from pipelines.recipes_io import load_recipe
@@ -23,9 +23,6 @@ from pipelines.rowstore import RowsStore, VectorStore
 from pipelines.store import Workdir
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_synthetic", ROOT / "bench" / "synthetic.py")
-synthetic = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(synthetic)  # bench/ is not a package (and its curation.py would shadow ours)
 
 TABLES = {"scores": "pair_id", "decisions": "pair_id", "dedup_links": "pair_id", "funnel": "step",
           "corpus_metrics": "selection"}
@@ -82,13 +79,17 @@ def test_by_source_partitions_cover_every_pair_once_and_never_split_a_source():
     assert by_source(df.head(0), 10) == []
 
 
-def test_pooled_small_partitions_give_the_tables_of_one_pass(imported, one_pass, tmp_path):
-    """The memory-bounded mode (the smallest partition size) with two worker processes."""
+def test_pooled_small_partitions_give_the_tables_of_one_pass(imported, one_pass, tmp_path, monkeypatch):
+    """The memory-bounded mode (the smallest partition size) with two worker processes, the parse running beside
+    the encoder as it does when the encoder is on a GPU (the encoder itself stays on the CPU here)."""
+    monkeypatch.setattr(runner, "resolve_device", lambda device: "cuda")
     root = tmp_path / "wd"
     shutil.copytree(imported, root)
     res = runner.curate(root, recipe(64, 2), progress=False)
+    assert res["parse"]["parsed"] > 0  # parsed in the background, beside the encoder
+    assert res["score"]["parse"]["parsed"] == 0
     assert res["score"]["partitions"] > 10 and res["score"]["workers"] == 2
-    assert res["score"]["parse"]["parsed"] > 0 and res["score"]["parse"]["task_texts"] == 32
+    assert res["parse"]["task_texts"] == 32
     assert len(Workdir(root).shards("analyses")) > 10  # one shard per parse task
     assert_same_tables(root, one_pass)
 
@@ -111,6 +112,11 @@ def test_row_stores_return_what_the_tables_hold(one_pass):
     assert got.select(cols).equals(want.select(cols))
     with pytest.raises(KeyError):
         vs.vectors(["not-a-text-id"])
+    extra = stored.head(1).with_columns(text_id=pl.lit("a-new-text"))
+    wd.append("embeddings", extra)  # the table gained a shard: the store is rebuilt and sees it
+    rebuilt = VectorStore.open(wd, mid)
+    assert rebuilt.path != vs.path and not vs.path.exists()
+    assert np.array_equal(rebuilt.vectors(["a-new-text"])[0], np.asarray(extra.get_column("embedding")[0]))
 
 
 def _shards(root: Path, table: str, pattern: str = "part-*.parquet") -> int:
@@ -168,7 +174,7 @@ def test_a_worker_killed_mid_run_is_one_error_line_and_a_rerun_resumes(imported,
     while True:  # a spawned worker that has parsed something: kill it as the OOM killer would
         kids = psutil.Process(proc.pid).children(recursive=True)
         workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
-        if workers and _shards(root, "analyses") >= 2:
+        if workers and _shards(root, "scores", "part-set-*-*-*.parquet") >= 2:
             workers[0].kill()
             break
         assert proc.poll() is None, "the run ended before a worker could be killed"
@@ -179,6 +185,11 @@ def test_a_worker_killed_mid_run_is_one_error_line_and_a_rerun_resumes(imported,
     lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     assert "worker process died" in lines[0] and "rerun" in lines[0]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    stale = _shards(root, "scores", "part-set-*-*-*.parquet")
+    assert stale >= 2
+    other = [*cmd[:-4], "--partition-size", "100", "--workers", "2"]  # resumed with another partition layout
+    done = subprocess.run(other, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    names = [p.name for p in (root / "tables" / "scores").glob("part-set-*-*-*.parquet")]
+    assert names and all("-50-" in n for n in names)  # the 32-pair tasks' shards were dropped, not mixed in
     assert_same_tables(root, one_pass)
