@@ -108,11 +108,8 @@ class PeakRSS:
 # ---------------------------------------------------------------- child processes
 
 def with_execution(recipe, partition_size: int | None, workers: str | None):
-    """The recipe with the flags' execution settings, and those settings (None: the recipe has no execution)."""
-    ex = getattr(recipe, "execution", None)
-    if ex is None:
-        return recipe, None
-    update: dict = {}
+    """The recipe with the flags' execution settings, and those settings."""
+    ex, update = recipe.execution, {}
     if partition_size:
         update["partition_size"] = partition_size
     if workers:
@@ -320,8 +317,6 @@ def run_sizes(args, root: Path) -> tuple[list[dict], dict | None]:
         print(f"[{label(n)}] import + curate (diverse recipe) in a fresh process, workdir {wd} ...", flush=True)
         res = in_subprocess("curate", {"corpus": str(corpus), "workdir": str(wd),
                                        "partition_size": args.partition_size, "workers": args.workers}, root)
-        if res["execution"] is None and (args.partition_size or args.workers):
-            print("note: this recipe model has no execution section: --partition-size/--workers were ignored")
         rows.append(size_row(n, res))
         print(f"[{label(n)}] curate {res['curate_s']:.1f} s, peak RSS {res['peak_rss_total'] / GB:.2f} GB",
               flush=True)
@@ -417,8 +412,6 @@ def our_dedup(vecs, threshold: float, index: str) -> tuple[set[int], str, dict]:
     """curation.dedup.semantic_links as the dedup step calls it, each text its own source, earlier rows first.
 
     `index`: a kind semantic_links knows, or auto (what the dedup step would choose for this many vectors)."""
-    import inspect
-
     import numpy as np
     import polars as pl
 
@@ -429,13 +422,10 @@ def our_dedup(vecs, threshold: float, index: str) -> tuple[set[int], str, dict]:
     kind = dedup.choose_index(len(vecs), index, cfg.exact_max)
     ids = [f"{i:09d}" for i in range(len(vecs))]
     frame = pl.DataFrame({"pair_id": ids, "source_id": ids, "priority": -np.arange(len(vecs), dtype=np.float64)})
-    params = inspect.signature(dedup.semantic_links).parameters
-    extra = {k: getattr(cfg, k) for k in ("ivf_lists", "ivf_probe", "recall_sample") if k in params}
     info: dict = {}
-    if "info" in params:
-        extra["info"] = info
     links = dedup.semantic_links(frame, vecs, within=None, across=threshold, neighbors=cfg.neighbors, index=kind,
-                                 **extra)
+                                 ivf_lists=cfg.ivf_lists, ivf_probe=cfg.ivf_probe, recall_sample=cfg.recall_sample,
+                                 info=info)
     return {int(p) for p in links.get_column("pair_id").to_list()}, kind, info
 
 
