@@ -255,7 +255,8 @@ def test_ivf_finds_the_exact_links_with_exact_scores_and_reports_its_recall():
     flat_removed = set(ids.gather(dd.greedy_links(order, fa, fb, fs)[0]).to_list())
     found = len(set(links.get_column("pair_id")) & flat_removed) / len(flat_removed)
     assert found >= 0.95 and abs(info["recall"] - found) <= 0.05, (found, info)
-    assert links.get_column("index").unique().to_list() == [f"ivf-sq8:lists={info['lists']},probe=16"]
+    assert links.get_column("index").unique().to_list() == [
+        f"ivf-sq8:lists={info['lists']},probe=16,recall={info['recall']:.4f}"]
     row = {p: i for i, p in enumerate(ids.to_list())}
     i = np.array([row[p] for p in links.get_column("pair_id")])
     j = np.array([row[p] for p in links.get_column("duplicate_of")])
@@ -280,8 +281,9 @@ def test_hnsw_still_works_and_reports_its_recall():
     measured = len(_edge_set(ha, hb) & exact) / len(exact)
     assert measured >= 0.9 and abs(info["recall"] - measured) <= 0.05, (measured, info)
     assert info["label"] == "hnsw:M=32,efSearch=64" and info["recall_queries"] == 500
-    links = dd.semantic_links(pairs, v, None, 0.9, 16, "hnsw")
-    assert set(links.get_column("index")) == {"hnsw:M=32,efSearch=64"}
+    info = {}
+    links = dd.semantic_links(pairs, v, None, 0.9, 16, "hnsw", info=info)
+    assert set(links.get_column("index")) == {f"hnsw:M=32,efSearch=64,recall={info['recall']:.4f}"}
 
 
 # ------------------------------------------------------------------ (d) flat equals the old code
