@@ -26,6 +26,7 @@ from schemas.errors import InputError
 from schemas.recipe import ImportTeacherConfig
 
 _TEXT_DTYPES = (pl.String, pl.Categorical, pl.Null, pl.Object)
+IMPORT_SLICE = 100_000  # input rows turned into table rows and appended at once: memory follows the slice
 
 
 def _sha(obj: dict) -> str:
@@ -109,32 +110,41 @@ def import_pairs(wd: Workdir, cfg: ImportTeacherConfig, max_chars: int, manifest
     if progress is not None:
         task = progress.add_task(f"import {path.name or cfg.path}", total=records.height, unit="rows")
     known = set(wd.scan("sources").select("source_id").collect().get_column("source_id"))
-    result = import_rows(
-        records, cfg.source_column, cfg.paraphrase_column, teacher=cfg.teacher,
-        prompt_version=keys["prompt_version"], import_id=keys["import_id"], run_id=manifest.run_id,
-        max_chars=max_chars, known_source_ids=known,
-        on_progress=(lambda n: progress.update(task, advance=n)) if progress is not None else None,
-    )
-
     # resume: keep only rows the store does not hold yet (a run killed between appends)
     stored_requests = (wd.scan("generations").filter(pl.col("prompt_version") == keys["prompt_version"])
                        .select("request_id").collect().get_column("request_id"))
-    gens = result.generations.filter(~pl.col("request_id").is_in(stored_requests.implode()))
     stored_rows = (wd.scan("quarantine").filter((pl.col("ingest_id") == keys["import_id"])
                                                 & (pl.col("stage") == "import"))
                    .select("origin_row").collect().get_column("origin_row"))
-    quarantine = result.quarantine.filter(~pl.col("origin_row").is_in(stored_rows.implode()))
-    # sources first: a generation row never points at a source that is not stored
-    wd.append("sources", result.sources)
-    wd.append("generations", gens)
-    wd.append("quarantine", quarantine)
-
-    stats = result.stats
+    totals: dict[str, int] = {}
+    written = {"generations": 0, "quarantine": 0, "sources": 0}
+    seen: set[str] = set()  # the input's sources so far (the Python objects of one slice only are alive at once)
+    for start in range(0, records.height, IMPORT_SLICE):
+        result = import_rows(
+            records.slice(start, IMPORT_SLICE), cfg.source_column, cfg.paraphrase_column, teacher=cfg.teacher,
+            prompt_version=keys["prompt_version"], import_id=keys["import_id"], run_id=manifest.run_id,
+            max_chars=max_chars, known_source_ids=known,
+            on_progress=(lambda n: progress.update(task, advance=n)) if progress is not None else None,
+        )
+        gens = result.generations.filter(~pl.col("request_id").is_in(stored_requests.implode()))
+        quarantine = result.quarantine.filter(~pl.col("origin_row").is_in(stored_rows.implode()))
+        # sources first: a generation row never points at a source that is not stored
+        wd.append("sources", result.sources)
+        wd.append("generations", gens)
+        wd.append("quarantine", quarantine)
+        for k, v in result.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        for table, frame in (("generations", gens), ("quarantine", quarantine), ("sources", result.sources)):
+            written[table] += frame.height
+        chunk_sources = set(result.generations.get_column("source_id").to_list())
+        seen |= chunk_sources
+        known |= chunk_sources
+    totals["sources"] = len(seen)  # a source repeated in several slices counts once
+    stats = {"rows": 0, "generations": 0, "items": 0, "empty_items": 0, "list_rows": 0, "single_rows": 0,
+             "quarantined": 0, **totals}
     info = {**base_info, "rows": stats["rows"], "generations": stats["generations"], "items": stats["items"],
             "empty_items": stats["empty_items"], "list_rows": stats["list_rows"],
             "single_rows": stats["single_rows"], "sources": stats["sources"], "quarantined": stats["quarantined"]}
     wd.mark_stage_done("import", keys["stage_key"], info)
-    return {**info, "sources_new": result.sources.height,
-            "written": {"generations": gens.height, "quarantine": quarantine.height,
-                        "sources": result.sources.height},
+    return {**info, "sources_new": written["sources"], "written": written,
             "skipped": False, "seconds": round(time.perf_counter() - t0, 3)}
