@@ -22,7 +22,7 @@ from pipelines.steps.filter import run_filter
 from pipelines.steps.generate import generate as _generate
 from pipelines.steps.import_pairs import import_pairs
 from pipelines.steps.ingest import ingest_sources
-from pipelines.steps.pairs import unique_pairs, unique_texts
+from pipelines.steps.pairs import PairTexts, unique_pairs, unique_texts
 from pipelines.steps.report import write_workdir_report
 from pipelines.steps.score import available_columns, needs_parse, score
 from pipelines.store import Workdir
@@ -215,7 +215,7 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
     fcfg = recipe.filter or FilterConfig()
     if "filter" in stages:  # a rule naming an unknown or un-run column fails before any model is loaded
         validate_rules(fcfg, available_columns(recipe.score, recipe.nli) | {"pair_id", "source_id"})
-    pairs = unique_pairs(wd)
+    pairs = unique_pairs(wd, texts=False)  # ids only: each stage takes its chunk's texts from the text stores
     if pairs.height == 0:
         from pipelines.steps.chat import open_failures
 
@@ -227,18 +227,19 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
                                 "only the failed requests are sent again")
         raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
     out: dict = {}
+    texts = PairTexts.open(wd)
     with Pool(resolve_workers(recipe.execution.workers)) as pool:
         parse = None
         if "score" in stages and needs_parse(recipe.score) and resolve_device(recipe.embed.device) != "cpu":
             # CPU workers parse while the GPU embeds. With the encoder on the CPU, its threads already use every
             # core and sharing them costs more than it overlaps (measured), so the pool parses after it.
             parse = Background(parse_missing, wd, unique_texts(pairs), recipe.score.spacy_model, pool,
-                               recipe.execution.partition_size, prog)
+                               recipe.execution.partition_size, prog, store=texts)
         try:
-            out["embed"] = embed_missing(wd, recipe.embed, pairs, prog)
+            out["embed"] = embed_missing(wd, recipe.embed, pairs, prog, store=texts)
             manifest.record_stage("embed", out["embed"])
             if "dedup" in stages:
-                out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog)
+                out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog, store=texts)
                 manifest.record_stage("dedup", out["dedup"])
             if parse is not None:
                 out["parse"] = parse.result()
@@ -250,11 +251,11 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
             raise
         if "score" in stages:
             out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, pool,
-                                 recipe.execution.partition_size, prog)
+                                 recipe.execution.partition_size, prog, store=texts)
             manifest.record_stage("score", out["score"])
     if "filter" in stages:
         rows = wd.count("candidates")
-        out["filter"] = run_filter(wd, fcfg, pairs, rows, dedup_methods(recipe.dedup))
+        out["filter"] = run_filter(wd, fcfg, texts.attach(pairs), rows, dedup_methods(recipe.dedup))
         manifest.record_stage("filter", out["filter"])
     if "report" in stages and recipe.report.enabled:
         out["report"] = write_workdir_report(wd, samples=recipe.report.samples,

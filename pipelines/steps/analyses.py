@@ -13,6 +13,7 @@ import polars as pl
 
 from pipelines.pool import Pool
 from pipelines.rowstore import RowsStore
+from pipelines.steps.pairs import PairTexts
 from pipelines.store import Workdir
 
 TASK_TEXTS = 2048  # most texts per pool task and stored shard: an interrupted parse loses at most this many per worker
@@ -34,9 +35,10 @@ def _parse_task(task: tuple[str, list[str]]) -> pl.DataFrame:
 
 
 def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool, partition_size: int,
-                  progress=None, stop: threading.Event | None = None) -> dict:
-    """Parse the texts of `texts` (text_id, text) that have no stored analysis for this analyser, in tasks of at
-    most TASK_TEXTS and at most `partition_size` in flight across the pool's workers."""
+                  progress=None, stop: threading.Event | None = None, store: PairTexts | None = None) -> dict:
+    """Parse the texts of `texts` (text_id, text), or of `unique_texts` ids (text_id, pair_id) through the text
+    stores (`store`, or opened here), that have no stored analysis for this analyser, in tasks of at most
+    TASK_TEXTS and at most `partition_size` in flight across the pool's workers."""
     from curation.metrics.syntax import load_spacy
 
     t0 = time.perf_counter()
@@ -50,6 +52,8 @@ def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool
     size = max(1, min(TASK_TEXTS, -(-partition_size // pool.workers)))
     stats["task_texts"] = size
     chunks = (todo.slice(start, size) for start in range(0, todo.height, size))
+    if "text" not in todo.columns and todo.height:
+        store = store or PairTexts.open(wd)
     pending = []
 
     def tasks():
@@ -57,7 +61,7 @@ def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool
             if stop is not None and stop.is_set():
                 return
             pending.append(chunk.get_column("text_id"))
-            yield spacy_model, chunk.get_column("text").to_list()
+            yield spacy_model, (chunk.get_column("text") if "text" in chunk.columns else store.texts(chunk)).to_list()
 
     for parsed in pool.map(_parse_task, tasks(), n_tasks=-(-todo.height // size)):
         ids = pending.pop(0)

@@ -18,7 +18,7 @@ from curation.dedup import TakeVectors, choose_index, empty_links, exact_links, 
 from pipelines.rowstore import VectorStore
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
-from pipelines.steps.pairs import content_key, pair_set_hash
+from pipelines.steps.pairs import PairTexts, content_key, pair_set_hash
 from pipelines.store import Workdir
 from schemas.recipe import DedupConfig, EmbedConfig, NLIConfig
 
@@ -92,8 +92,11 @@ def _nli_edges(wd: Workdir, cfg: DedupConfig, nli_cfg: NLIConfig, rest: pl.DataF
 
 
 def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
-          progress=None) -> dict:
-    """Compute (or reuse) the dedup links of `pairs` and make them the current set."""
+          progress=None, store: PairTexts | None = None) -> dict:
+    """Compute (or reuse) the dedup links of `pairs` (ids only, or with texts) and make them the current set.
+
+    Only the NLI graph reads texts: those of the pairs left after the other methods (from `store` when `pairs`
+    are ids only)."""
     t0 = time.perf_counter()
     did = dedup_id(cfg, embed_cfg, nli_cfg, pairs)
     stats: dict = {"dedup_id": did, "pairs": pairs.height, "methods": methods(cfg)}
@@ -120,6 +123,8 @@ def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     links.append(sem)
     if cfg.nli_graph:
         rest = rest.join(sem.select("pair_id"), on="pair_id", how="anti").sort("pair_id")
+        if "source" not in rest.columns:
+            rest = (store or PairTexts.open(wd)).attach(rest)
         fwd, bwd = nli_step.both_directions(wd, nli_cfg, rest, progress)
         rest = rest.with_columns(priority=pl.Series(fwd.astype(np.float64) + bwd))
         vecs = gather(vs, para_rows[rest.get_column("_vec").to_numpy()])

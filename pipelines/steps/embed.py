@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 
 import polars as pl
 
 from curation.embedding import embedder_id, encode, load_embedder
-from pipelines.steps.pairs import unique_texts
+from pipelines.steps.pairs import PairTexts, unique_texts
 from pipelines.store import Workdir
 from schemas.recipe import EmbedConfig
 
 CHUNK = 4096  # texts per stored shard: an interrupted embed loses at most one chunk
 
 
+def _trim_heap() -> None:
+    """Return the encoder's freed heap to the OS (glibc keeps it otherwise: about 0.3 GB after 20k texts)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def model_id(cfg: EmbedConfig) -> str:
     return embedder_id(cfg.model, cfg.dtype, cfg.backend, cfg.device)
 
 
-def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=None) -> dict:
-    """Embed the texts of `pairs` that have no stored vector for this model; returns counts and settings."""
+def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=None,
+                  store: PairTexts | None = None) -> dict:
+    """Embed the texts of `pairs` that have no stored vector for this model; returns counts and settings.
+
+    `pairs` may be ids only (`unique_pairs(wd, texts=False)`): each chunk's texts then come from the text stores
+    (`store`, or opened here)."""
     t0 = time.perf_counter()
     mid = model_id(cfg)
     texts = unique_texts(pairs)
@@ -36,9 +49,12 @@ def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=N
     stats.update({k: embedder.settings[k] for k in ("dtype", "device", "dim")})
     task = progress.add_task("embed", total=todo.height, unit="texts") if progress else None
     t1 = time.perf_counter()
+    if "text" not in todo.columns:
+        store = store or PairTexts.open(wd)
     for start in range(0, todo.height, CHUNK):
         chunk = todo.slice(start, CHUNK)
-        vecs = encode(embedder, chunk.get_column("text").to_list(), cfg.batch_size)
+        texts_of = chunk.get_column("text") if "text" in chunk.columns else store.texts(chunk)
+        vecs = encode(embedder, texts_of.to_list(), cfg.batch_size)
         wd.append("embeddings", pl.DataFrame({
             "text_id": chunk.get_column("text_id"), "model_id": [mid] * chunk.height,
             "embedding": pl.Series(list(vecs), dtype=pl.List(pl.Float32))}))
@@ -49,6 +65,7 @@ def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=N
     del embedder
     load_embedder.cache_clear()  # the stages after this one never encode: hand the model's memory back
     gc.collect()
+    _trim_heap()
     stats["texts_per_s"] = round(stats["embedded"] / secs, 1) if secs > 0 else None
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats

@@ -21,13 +21,14 @@ from pipelines.rowstore import RowsStore, VectorStore
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
 from pipelines.steps.analyses import analyses_store, analyzer_id, parse_missing
-from pipelines.steps.pairs import content_key, pair_set_hash, unique_texts
+from pipelines.steps.pairs import PairTexts, content_key, pair_set_hash, unique_texts
 from pipelines.store import Workdir
 from schemas.recipe import EmbedConfig, NLIConfig, ScoreConfig
 from schemas.tables import SCORER_COLUMNS
 
 SCORERS_VERSION = "v1"  # bump when a scorer's definition changes, so stored sets are not reused
 PAIR_COLUMNS = ("pair_id", "source_id", "candidate_id", "source", "paraphrase")
+ID_COLUMNS = PAIR_COLUMNS[:3]
 
 
 def active_scorers(cfg: ScoreConfig, nli_cfg: NLIConfig) -> list[str]:
@@ -49,20 +50,27 @@ def score_set_id(cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, p
                        nli_step.settings_key(nli_cfg) if "nli" in scorers else None, pair_set_hash(pairs))
 
 
-_STORES: dict[Path, object] = {}  # per process: a worker opens each store once
+_STORES: dict[object, object] = {}  # per process: a worker opens each store once
 
 
-def _store(cls, path: Path):
+def _exists(path: Path | tuple[Path, ...]) -> bool:
+    return all(p.exists() for p in (path if isinstance(path, tuple) else (path,)))
+
+
+def _store(cls, path: Path | tuple[Path, ...]):
+    """The store at `path` (a file, or the files of a pair of stores), opened once per process."""
     if path not in _STORES:
-        for old in [p for p in _STORES if not p.exists()]:  # a later run rebuilt it
+        for old in [p for p in _STORES if not _exists(p)]:  # a later run rebuilt it
             del _STORES[old]
         _STORES[path] = cls.at(path)
     return _STORES[path]
 
 
 def _score_task(task: dict) -> pl.DataFrame:
-    """Scores of one partition (runs in a pool worker): gathers its vectors and parses, then the scorers."""
+    """Scores of one partition (runs in a pool worker): gathers its texts, vectors and parses, then the scorers."""
     pairs, kwargs = task["pairs"], {}
+    if "source" not in pairs.columns:  # ids only: the texts come from the stores
+        pairs = _store(PairTexts, task["texts"]).attach(pairs)
     if task.get("vectors"):
         vs = _store(VectorStore, task["vectors"])
         kwargs["src_vecs"] = vs.vectors(pairs.get_column("source_id"))
@@ -93,8 +101,11 @@ def _stale_partitions(wd: Workdir, sid: str, layout: str) -> None:
 
 
 def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
-          pool: Pool, partition_size: int, progress=None) -> dict:
-    """Compute (or reuse) the scores of `pairs` and make them the current set."""
+          pool: Pool, partition_size: int, progress=None, store: PairTexts | None = None) -> dict:
+    """Compute (or reuse) the scores of `pairs` (ids only, or with texts) and make them the current set.
+
+    The pool's tasks carry pair ids; each worker takes its partition's texts from the text stores (`store`,
+    or opened here)."""
     t0 = time.perf_counter()
     sid = score_set_id(cfg, embed_cfg, nli_cfg, pairs)
     done = wd.stage_done("score", sid)
@@ -106,20 +117,27 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     stats: dict = {"score_set": sid, "pairs": pairs.height, "scorers": scorers, "seconds_by_input": {},
                    "partition_size": partition_size, "workers": pool.workers}
     task_base: dict = {"scorers": scorers}
+    columns = PAIR_COLUMNS if "source" in pairs.columns else ID_COLUMNS
+    if columns == ID_COLUMNS:
+        store = store or PairTexts.open(wd)
+        task_base["texts"] = store.paths
     if "cosine" in scorers:
         t = time.perf_counter()
         task_base["vectors"] = VectorStore.open(wd, embed_step.model_id(embed_cfg)).path
         stats["seconds_by_input"]["vectors"] = round(time.perf_counter() - t, 3)
     if needs_parse(cfg):
         t = time.perf_counter()
-        stats["parse"] = parse_missing(wd, unique_texts(pairs), cfg.spacy_model, pool, partition_size, progress)
+        stats["parse"] = parse_missing(wd, unique_texts(pairs.select(columns)), cfg.spacy_model, pool,
+                                       partition_size, progress, store=store)
+        pool.close()  # the parse workers hold spaCy and its grown vocabulary; scoring needs neither: fresh ones
         task_base["analyses"] = analyses_store(wd, cfg.spacy_model).path
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)
     nli = None
     if "nli" in scorers:  # one pass over every pair, as before partitions: the model's batches (and so the last
         t = time.perf_counter()  # bits of its probabilities) do not depend on the partition size
-        fwd, bwd = nli_step.both_directions(wd, nli_cfg, pairs, progress)
+        fwd, bwd = nli_step.both_directions(wd, nli_cfg, pairs if columns == PAIR_COLUMNS else store.attach(pairs),
+                                            progress)
         nli = (fwd.astype(np.float64), bwd.astype(np.float64))
         stats["nli_model"] = nli_step.nli_model(nli_cfg).model_id
         stats["seconds_by_input"]["nli"] = round(time.perf_counter() - t, 3)
@@ -137,7 +155,7 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
 
     def tasks():
         for k in todo:
-            task = {**task_base, "pairs": pairs[parts[k]].select(PAIR_COLUMNS)}
+            task = {**task_base, "pairs": pairs[parts[k]].select(columns)}
             if nli is not None:
                 task["nli"] = (nli[0][parts[k]], nli[1][parts[k]])
             yield task
