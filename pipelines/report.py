@@ -217,9 +217,10 @@ def _samples(pairs: pl.DataFrame, metrics: Sequence[str], n: int, seed: int) -> 
     cols = ["pair_id", "source_id", "source", "paraphrase", "reasons", *present]
     out: dict[str, list[dict]] = {}
     for side, mask in (("kept", pl.col("kept")), ("dropped", ~pl.col("kept"))):
-        rows = pairs.filter(mask).select(cols).sort("pair_id").to_dicts()
+        side_pairs = pairs.filter(mask).select(cols).sort("pair_id")
         rng = random.Random(f"paradistill-report/{seed}/{side}")
-        chosen = rng.sample(range(len(rows)), min(n, len(rows)))
+        chosen = rng.sample(range(side_pairs.height), min(n, side_pairs.height))
+        rows = dict(zip(chosen, side_pairs[chosen].to_dicts(), strict=True))  # only these become Python objects
         out[side] = [{
             "pair_id": rows[i]["pair_id"], "source_id": rows[i]["source_id"],
             "source": rows[i]["source"], "paraphrase": rows[i]["paraphrase"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.report import build_report, write_report
-from pipelines.steps.pairs import unique_pairs
+from pipelines.steps.pairs import PairTexts, unique_pairs
 from pipelines.store import Workdir
 from schemas.errors import StateError
 from schemas.tables import SCORER_COLUMNS
@@ -23,7 +23,7 @@ def write_workdir_report(wd: Workdir, out_dir: Path | None = None, samples: int 
                          "filter section) first")
     decisions = wd.read_current("decisions").drop("filter_id", "source_id")
     scores = wd.read_current("scores").drop("score_set", "source_id")
-    pairs = (unique_pairs(wd).select("pair_id", "source_id", "source", "paraphrase")
+    pairs = (PairTexts.open(wd).attach(unique_pairs(wd, texts=False).select("pair_id", "source_id"))
              .join(decisions, on="pair_id").join(scores, on="pair_id", how="left"))
     metric_cols = [c for cols in SCORER_COLUMNS.values() for c in cols
                    if pairs.get_column(c).null_count() < pairs.height]
