@@ -224,3 +224,19 @@ class RowsStore:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+_OPENED: dict[object, object] = {}  # per process: a pool worker or Ray actor opens each store once
+
+
+def _exists(path: Path | tuple[Path, ...]) -> bool:
+    return all(Path(p).exists() for p in (path if isinstance(path, tuple) else (path,)))
+
+
+def opened(cls, path: Path | tuple[Path, ...]):
+    """`cls.at(path)` (a store file, or the files of a pair of stores), opened once per process."""
+    if path not in _OPENED:
+        for old in [p for p in _OPENED if not _exists(p)]:  # a later run rebuilt it
+            del _OPENED[old]
+        _OPENED[path] = cls.at(path)
+    return _OPENED[path]

@@ -12,10 +12,12 @@ import time
 import polars as pl
 
 from pipelines.pool import Pool
-from pipelines.rowstore import RowsStore
+from pipelines.rowstore import RowsStore, opened
 from pipelines.steps.pairs import PairTexts
 from pipelines.store import Workdir
 
+WORKER_TASKS = 32  # parse tasks a worker runs before a fresh one takes over: spaCy's vocabulary grows with the
+# texts it has seen (a worker reached 1.1 GB after 600k texts), a fresh worker costs about a second
 TASK_TEXTS = 2048  # most texts per pool task and stored shard: an interrupted parse loses at most this many per worker
 
 
@@ -26,12 +28,13 @@ def analyzer_id(spacy_model: str) -> str:
     return f"spacy:{spacy_model}@{version}"
 
 
-def _parse_task(task: tuple[str, list[str]]) -> pl.DataFrame:
-    """(lemmas, tree, n_tokens) of each text: runs in a pool worker (spaCy loaded once per process)."""
+def _parse_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
+    """(text_id, lemmas, tree, n_tokens) of each text of `rows` (text_id, text) or ids (text_id, pair_id), whose
+    texts come from the text stores named in `ctx`; runs in a pool worker or a Ray actor (spaCy loaded once)."""
     from curation.metrics.syntax import analyse, load_spacy
 
-    spacy_model, texts = task
-    return analyse(texts, load_spacy(spacy_model))
+    texts = rows.get_column("text") if "text" in rows.columns else opened(PairTexts, ctx["texts"]).texts(rows)
+    return analyse(texts.to_list(), load_spacy(ctx["spacy_model"])).with_columns(text_id=rows.get_column("text_id"))
 
 
 def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool, partition_size: int,
@@ -51,24 +54,15 @@ def parse_missing(wd: Workdir, texts: pl.DataFrame, spacy_model: str, pool: Pool
     task = progress.add_task("parse", total=todo.height, unit="texts") if (progress and todo.height) else None
     size = max(1, min(TASK_TEXTS, -(-partition_size // pool.workers)))
     stats["task_texts"] = size
-    chunks = (todo.slice(start, size) for start in range(0, todo.height, size))
+    ctx = {"spacy_model": spacy_model}
     if "text" not in todo.columns and todo.height:
-        store = store or PairTexts.open(wd)
-    pending = []
-
-    def tasks():
-        for chunk in chunks:
-            if stop is not None and stop.is_set():
-                return
-            pending.append(chunk.get_column("text_id"))
-            yield spacy_model, (chunk.get_column("text") if "text" in chunk.columns else store.texts(chunk)).to_list()
-
-    for parsed in pool.map(_parse_task, tasks(), n_tasks=-(-todo.height // size)):
-        ids = pending.pop(0)
-        wd.append("analyses", parsed.with_columns(text_id=ids, analyzer=pl.lit(aid)))
-        stats["parsed"] += ids.len()
+        ctx["texts"] = (store or PairTexts.open(wd)).paths
+    plan = todo.with_columns(task=pl.int_range(pl.len(), dtype=pl.Int64) // size)
+    for _, parsed in pool.map_groups(_parse_rows, ctx, plan, "task", stop=stop, tasks_per_worker=WORKER_TASKS):
+        wd.append("analyses", parsed.with_columns(analyzer=pl.lit(aid)))
+        stats["parsed"] += parsed.height
         if task is not None:
-            progress.advance(task, ids.len())
+            progress.advance(task, parsed.height)
     secs = time.perf_counter() - t0
     stats["texts_per_s"] = round(stats["parsed"] / secs, 1) if stats["parsed"] and secs > 0 else None
     stats["seconds"] = round(secs, 3)

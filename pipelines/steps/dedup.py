@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from curation.dedup import TakeVectors, choose_index, empty_links, exact_links, gather, nli_graph_links, semantic_links
+from pipelines.pool import trim_heap
 from pipelines.rowstore import VectorStore
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
@@ -134,6 +135,8 @@ def dedup(wd: Workdir, cfg: DedupConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     wd.make_current("dedup_links", did)
     counts = all_links.group_by("method").len().sort("method")
     stats["removed"] = dict(zip(counts["method"].to_list(), counts["len"].to_list(), strict=True))
+    del vecs, rest, work, links, sem
+    trim_heap()  # the index and its search results are gone: the stages after this one run beside workers
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     wd.mark_stage_done("dedup", did, stats)
     return stats

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import time
 
 import polars as pl
 
 from curation.embedding import embedder_id, encode, load_embedder
+from pipelines.pool import trim_heap
 from pipelines.steps.pairs import PairTexts, unique_texts
 from pipelines.store import Workdir
 from schemas.recipe import EmbedConfig
 
 CHUNK = 4096  # texts per stored shard: an interrupted embed loses at most one chunk
-
-
-def _trim_heap() -> None:
-    """Return the encoder's freed heap to the OS (glibc keeps it otherwise: about 0.3 GB after 20k texts)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def model_id(cfg: EmbedConfig) -> str:
@@ -65,7 +57,7 @@ def embed_missing(wd: Workdir, cfg: EmbedConfig, pairs: pl.DataFrame, progress=N
     del embedder
     load_embedder.cache_clear()  # the stages after this one never encode: hand the model's memory back
     gc.collect()
-    _trim_heap()
+    trim_heap()
     stats["texts_per_s"] = round(stats["embedded"] / secs, 1) if secs > 0 else None
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats

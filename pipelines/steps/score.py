@@ -9,7 +9,6 @@ vectors and parses from the row stores (pipelines/rowstore.py) and its NLI proba
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -17,7 +16,7 @@ import polars as pl
 from curation.scoring import PairAnalyses, score_pairs
 from pipelines.partitions import by_source
 from pipelines.pool import Pool
-from pipelines.rowstore import RowsStore, VectorStore
+from pipelines.rowstore import RowsStore, VectorStore, opened
 from pipelines.steps import embed as embed_step
 from pipelines.steps import nli as nli_step
 from pipelines.steps.analyses import analyses_store, analyzer_id, parse_missing
@@ -50,45 +49,32 @@ def score_set_id(cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, p
                        nli_step.settings_key(nli_cfg) if "nli" in scorers else None, pair_set_hash(pairs))
 
 
-_STORES: dict[object, object] = {}  # per process: a worker opens each store once
-
-
-def _exists(path: Path | tuple[Path, ...]) -> bool:
-    return all(p.exists() for p in (path if isinstance(path, tuple) else (path,)))
-
-
-def _store(cls, path: Path | tuple[Path, ...]):
-    """The store at `path` (a file, or the files of a pair of stores), opened once per process."""
-    if path not in _STORES:
-        for old in [p for p in _STORES if not _exists(p)]:  # a later run rebuilt it
-            del _STORES[old]
-        _STORES[path] = cls.at(path)
-    return _STORES[path]
-
-
-def _score_task(task: dict) -> pl.DataFrame:
-    """Scores of one partition (runs in a pool worker): gathers its texts, vectors and parses, then the scorers."""
-    pairs, kwargs = task["pairs"], {}
+def _score_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
+    """Scores of one partition (in a pool worker or a Ray actor): gathers its texts, vectors and parses from the
+    stores named in `ctx`, then runs the scorers; `rows` are the partition's pairs (ids, or with texts), with
+    their NLI probabilities as `nli_fwd`/`nli_bwd` when NLI is scored."""
+    kwargs = {}
+    pairs = rows.drop("nli_fwd", "nli_bwd", strict=False)
     if "source" not in pairs.columns:  # ids only: the texts come from the stores
-        pairs = _store(PairTexts, task["texts"]).attach(pairs)
-    if task.get("vectors"):
-        vs = _store(VectorStore, task["vectors"])
+        pairs = opened(PairTexts, ctx["texts"]).attach(pairs)
+    if ctx.get("vectors"):
+        vs = opened(VectorStore, ctx["vectors"])
         kwargs["src_vecs"] = vs.vectors(pairs.get_column("source_id"))
         kwargs["para_vecs"] = vs.vectors(pairs.get_column("candidate_id"))
-    if task.get("analyses"):
+    if ctx.get("analyses"):
         ids = unique_texts(pairs).get_column("text_id")
-        an = _store(RowsStore, task["analyses"]).take(ids).with_columns(text_id=ids).with_row_index("row")
-        rows = an.select("text_id", "row")
+        an = opened(RowsStore, ctx["analyses"]).take(ids).with_columns(text_id=ids).with_row_index("row")
+        index = an.select("text_id", "row")
 
         def row_of(col: str) -> np.ndarray:
-            return (pairs.select(pl.col(col).alias("text_id")).join(rows, on="text_id", how="left",
+            return (pairs.select(pl.col(col).alias("text_id")).join(index, on="text_id", how="left",
                                                                      maintain_order="left")
                     .get_column("row").to_numpy().astype(np.int64))
 
         kwargs["analyses"] = PairAnalyses(an, row_of("source_id"), row_of("candidate_id"))
-    if task.get("nli") is not None:
-        kwargs["nli"] = task["nli"]
-    return score_pairs(pairs, task["scorers"], **kwargs)
+    if "nli_fwd" in rows.columns:
+        kwargs["nli"] = (rows.get_column("nli_fwd").to_numpy(), rows.get_column("nli_bwd").to_numpy())
+    return score_pairs(pairs, ctx["scorers"], **kwargs)
 
 
 def _stale_partitions(wd: Workdir, sid: str, layout: str) -> None:
@@ -129,7 +115,7 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         t = time.perf_counter()
         stats["parse"] = parse_missing(wd, unique_texts(pairs.select(columns)), cfg.spacy_model, pool,
                                        partition_size, progress, store=store)
-        pool.close()  # the parse workers hold spaCy and its grown vocabulary; scoring needs neither: fresh ones
+        pool.recycle()  # the parse workers hold spaCy and its grown vocabulary; scoring needs neither: fresh ones
         task_base["analyses"] = analyses_store(wd, cfg.spacy_model).path
         stats["analyzer"] = analyzer_id(cfg.spacy_model)
         stats["seconds_by_input"]["parses"] = round(time.perf_counter() - t, 3)
@@ -153,15 +139,13 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     if bar is not None:
         progress.advance(bar, pairs.height - sum(len(parts[k]) for k in todo))
 
-    def tasks():
-        for k in todo:
-            task = {**task_base, "pairs": pairs[parts[k]].select(columns)}
-            if nli is not None:
-                task["nli"] = (nli[0][parts[k]], nli[1][parts[k]])
-            yield task
-
+    rows = np.concatenate([parts[k] for k in todo]) if todo else np.zeros(0, dtype=np.int64)
+    plan = pairs[rows].select(columns).with_columns(part=pl.Series(np.repeat(todo, [len(parts[k]) for k in todo]),
+                                                                   dtype=pl.Int64))
+    if nli is not None:
+        plan = plan.with_columns(nli_fwd=pl.Series(nli[0][rows]), nli_bwd=pl.Series(nli[1][rows]))
     t = time.perf_counter()
-    for k, scores in zip(todo, pool.map(_score_task, tasks(), n_tasks=len(todo)), strict=True):
+    for k, scores in pool.map_groups(_score_rows, task_base, plan, "part"):
         wd.append("scores", scores.with_columns(score_set=pl.lit(sid)), key=key(k))
         if bar is not None:
             progress.advance(bar, scores.height)
