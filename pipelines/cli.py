@@ -43,6 +43,12 @@ PartitionOpt = Annotated[int | None, typer.Option(
 WorkersOpt = Annotated[str | None, typer.Option(
     "--workers", help="Worker processes for parsing and scoring: auto (one per core) or a number; 1 = all in this "
     "process (recipe execution.workers).")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="Where parsing and scoring run: local (a process pool) or ray (Ray Data on a Ray cluster; "
+    "pip install 'paradistill[ray]'); recipe execution.backend.")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --backend ray: the cluster to join (auto, or ray://HOST:PORT); without it a local "
+    "Ray instance is started (recipe execution.ray_address).")]
 
 
 def _recipe_and_workdir(recipe: str | None, workdir: Path | None):
@@ -244,13 +250,18 @@ def ingest_pairs(
               f"quarantined; {s['sources_new']} new source(s); candidates +{s['candidates']['pairs']}{note}")
 
 
-def _with_execution(r, partition_size: int | None, workers: str | None):
-    """The recipe (or the defaults) with --partition-size / --workers applied, validated as the recipe would be."""
+def _with_execution(r, partition_size: int | None, workers: str | None, backend: str | None = None,
+                    ray_address: str | None = None):
+    """The recipe (or the defaults) with --partition-size / --workers / --backend / --ray-address applied,
+    validated as the recipe would be."""
     from pipelines.recipes_io import validated
     from schemas.recipe import ExecutionConfig, Recipe
 
     r = r or Recipe(name="adhoc")
-    given = {k: v for k, v in (("partition_size", partition_size), ("workers", workers)) if v is not None}
+    given = {k: v for k, v in (("partition_size", partition_size), ("workers", workers), ("backend", backend),
+                               ("ray_address", ray_address)) if v is not None}
+    if ray_address is not None and backend is None:
+        given["backend"] = "ray"  # an address means Ray
     if given:
         if "workers" in given and given["workers"] != "auto":
             if not given["workers"].strip().isdigit():
@@ -261,11 +272,11 @@ def _with_execution(r, partition_size: int | None, workers: str | None):
 
 
 def _curate_verb(upto: str, workdir: Path | None, recipe: str | None, partition_size: int | None = None,
-                 workers: str | None = None) -> dict:
+                 workers: str | None = None, backend: str | None = None, ray_address: str | None = None) -> dict:
     from pipelines import runner
 
     r, wd = _recipe_and_workdir(recipe, workdir)
-    res = runner.curate(wd, _with_execution(r, partition_size, workers), upto)
+    res = runner.curate(wd, _with_execution(r, partition_size, workers, backend, ray_address), upto)
     _print_curation(res)
     return res
 
@@ -312,32 +323,32 @@ def dedup(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
 
 @app.command()
 def score(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
-          workers: WorkersOpt = None) -> None:
+          workers: WorkersOpt = None, backend: BackendOpt = None, ray_address: RayAddressOpt = None) -> None:
     """Score every pair with the recipe's scorers (runs embed and dedup first if needed).
 
     Example: paradistill score -w work/demo -r impossible
     """
-    _curate_verb("score", workdir, recipe, partition_size, workers)
+    _curate_verb("score", workdir, recipe, partition_size, workers, backend, ray_address)
 
 
 @app.command("filter")
 def filter_(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
-            workers: WorkersOpt = None) -> None:
+            workers: WorkersOpt = None, backend: BackendOpt = None, ray_address: RayAddressOpt = None) -> None:
     """Apply the recipe's rules: decisions (kept / dropped with reasons) and the funnel.
 
     Example: paradistill filter -w work/demo -r diverse
     """
-    _curate_verb("filter", workdir, recipe, partition_size, workers)
+    _curate_verb("filter", workdir, recipe, partition_size, workers, backend, ray_address)
 
 
 @app.command()
 def curate(workdir: WorkdirOpt = None, recipe: RecipeOpt = None, partition_size: PartitionOpt = None,
-           workers: WorkersOpt = None) -> None:
+           workers: WorkersOpt = None, backend: BackendOpt = None, ray_address: RayAddressOpt = None) -> None:
     """embed -> dedup -> score -> filter -> report, each skipped when its inputs are unchanged.
 
     Example: paradistill curate -w work/demo -r demo
     """
-    _curate_verb("report", workdir, recipe, partition_size, workers)
+    _curate_verb("report", workdir, recipe, partition_size, workers, backend, ray_address)
 
 
 @app.command()
@@ -387,6 +398,8 @@ def run(
     max_cost: Annotated[float | None, typer.Option(help="Stop the teacher at this many USD (resumable).")] = None,
     partition_size: PartitionOpt = None,
     workers: WorkersOpt = None,
+    backend: BackendOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run a recipe end to end: ingest -> teacher -> candidates -> curation -> export. Rerun to resume.
 
@@ -396,7 +409,7 @@ def run(
     from pipelines.recipes_io import load_recipe
     from pipelines.sql import query as run_query
 
-    r = _with_execution(load_recipe(recipe)[0], partition_size, workers)
+    r = _with_execution(load_recipe(recipe)[0], partition_size, workers, backend, ray_address)
     if max_cost is not None:
         r.teacher = _teacher_config(r, {"max_cost": max_cost})
     res = runner.run(r, workdir, dry_run=dry_run)

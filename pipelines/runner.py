@@ -9,8 +9,9 @@ from pathlib import Path
 from curation.embedding import resolve_device
 from curation.filters import validate as validate_rules
 from pipelines.manifest import RunManifest, close_stale_runs
-from pipelines.pool import Background, Pool, resolve_workers
+from pipelines.pool import Background
 from pipelines.progress import make_progress
+from pipelines.ray_backend import open_backend
 from pipelines.recipes_io import load_recipe, validated
 from pipelines.steps.analyses import parse_missing
 from pipelines.steps.candidates import build_candidates
@@ -228,7 +229,7 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
         raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
     out: dict = {}
     texts = PairTexts.open(wd)
-    with Pool(resolve_workers(recipe.execution.workers)) as pool:
+    with open_backend(recipe.execution, wd.root / "state" / "ray") as pool:
         parse = None
         if "score" in stages and needs_parse(recipe.score) and resolve_device(recipe.embed.device) != "cpu":
             # CPU workers parse while the GPU embeds. With the encoder on the CPU, its threads already use every

@@ -254,7 +254,17 @@ class ExecutionConfig(_Strict):
         "follows it, not the corpus size.")
     workers: int | Literal["auto"] = Field(
         "auto", description="Worker processes for the CPU-bound work (spaCy parse, metric kernels); auto = one per "
-        "core of this machine, 1 = everything in this process.")
+        "core of this machine, 1 = everything in this process. With backend ray: actors per stage (auto = the "
+        "cluster's CPUs).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where the per-partition stages (parse, score) run: local = a process pool on this "
+        "machine; ray = Ray Data actor pools on a Ray cluster (pip install 'paradistill[ray]'). Same tables.")
+    ray_address: str | None = Field(
+        None, description="backend ray: the cluster to join (auto = the one `ray start` runs here, or "
+        "ray://HOST:PORT); none = start a local Ray instance sized to this machine.")
+    object_store_mb: int | None = Field(
+        None, ge=80, description="backend ray, local instance: its object store in MB (none = a fifth of memory, "
+        "at most 2048).")
 
     @field_validator("workers")
     @classmethod

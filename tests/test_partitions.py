@@ -202,3 +202,68 @@ def test_a_worker_killed_mid_run_is_one_error_line_and_a_rerun_resumes(imported,
     names = [p.name for p in (root / "tables" / "scores").glob("part-set-*-*-*.parquet")]
     assert names and all("-50-" in n for n in names)  # the 32-pair tasks' shards were dropped, not mixed in
     assert_same_tables(root, one_pass)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session, as CI runs it: 2 CPUs, a small object store, no dashboard."""
+    ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False,
+                 logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_the_ray_backend_gives_the_tables_of_one_pass(imported, one_pass, tmp_path, ray_local):
+    """Parse and score on Ray Data actor pools (small partitions: many tasks) write the local backend's tables."""
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    r = recipe(200, 2)
+    r.execution.backend = "ray"
+    res = runner.curate(root, r, progress=False)
+    assert res["score"]["partitions"] > 5 and res["score"]["parse"]["parsed"] > 0
+    assert_same_tables(root, one_pass)
+    assert not list((root / "state" / "ray").glob("plan-*"))  # the plans are removed once read
+
+
+def test_the_ray_backend_without_ray_installed_is_one_line(imported, tmp_path, monkeypatch):
+    from schemas.errors import RecipeError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as it does without the extra
+    r = recipe(200, 2)
+    r.execution.backend = "ray"
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    with pytest.raises(RecipeError, match=r"pip install 'paradistill\[ray\]'"):
+        runner.curate(root, r, upto="score", progress=False)
+
+
+def test_an_unknown_backend_on_the_command_line_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", "-w", str(tmp_path), "--backend", "spark"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0].count("backend") >= 1
+
+
+def test_parse_workers_are_replaced_in_rounds_and_parse_the_same(imported, one_pass, tmp_path, monkeypatch):
+    """Fresh parse workers every few tasks (spaCy's vocabulary grows with what a worker has parsed): the
+    analyses equal one pass's."""
+    from pipelines.pool import Pool
+    from pipelines.steps import analyses
+    from pipelines.steps.pairs import PairTexts, unique_pairs, unique_texts
+
+    monkeypatch.setattr(analyses, "WORKER_TASKS", 2)
+    recycled = []
+    monkeypatch.setattr(Pool, "recycle", lambda self: (recycled.append(1), Pool.close(self)))
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    wd = Workdir(root)
+    spacy_model = recipe(64, 2).score.spacy_model
+    with wd, Pool(2) as pool:
+        stats = analyses.parse_missing(wd, unique_texts(unique_pairs(wd, texts=False)), spacy_model, pool, 400,
+                                       store=PairTexts.open(wd))
+    assert stats["task_texts"] == 200 and len(recycled) >= 2
+    cols = ["text_id", "lemmas", "tree", "n_tokens"]
+    got, ref = (Workdir(r).read("analyses").select(cols).sort("text_id") for r in (root, one_pass))
+    assert got.equals(ref)

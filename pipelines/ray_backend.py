@@ -1,0 +1,157 @@
+"""The Ray backend: the per-partition stages (parse, score) on a Ray cluster, through Ray Data, with the local
+backend's operators and the same tables.
+
+A stage hands the backend a plan (one row per text or pair, an integer column naming each row's task) and an
+operator `fn(ctx, rows) -> frame`. The plan is written as parquet under the workdir, which every node sees; Ray
+Data reads it (`read_parquet`), groups it by task and maps each group with an actor pool whose actors load
+their models once (`map_groups`); the driver gets each task's rows back and writes them as shards of the same
+workdir table the local backend writes, so resume, SQL, the report and export are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.pool import cpu_count, group_bounds
+from schemas.errors import RecipeError, WorkerDied
+from schemas.recipe import ExecutionConfig
+
+MB = 1024 ** 2
+ROW = "__plan_row__"  # a plan row's place, so an actor sees its task's rows in plan order after the shuffle
+
+
+def import_ray():
+    """The ray module, or one line saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RecipeError("execution.backend is ray, but Ray is not installed: run `pip install 'paradistill[ray]'` "
+                          "(or use --backend local)") from None
+    return ray
+
+
+def _object_store_bytes(cfg: ExecutionConfig) -> int:
+    """The object store of a Ray instance we start: `object_store_mb`, else a fifth of memory (at most 2 GB)."""
+    if cfg.object_store_mb:
+        return cfg.object_store_mb * MB
+    try:
+        total = int(open("/proc/meminfo").read().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        total = 8 * 1024 * MB
+    return max(80 * MB, min(2048 * MB, total // 5))
+
+
+class _GroupActor:
+    """Tasks' rows -> the operator's results (a Ray Data actor: `fn` loads its models once per actor). A batch is
+    one plan file, so one whole task; a task whose rows arrive split would be scored wrongly, so it fails."""
+
+    def __init__(self, fn: Callable, ctx: dict, group: str, sizes: dict[int, int]):
+        self.fn, self.ctx, self.group, self.sizes = fn, ctx, group, sizes
+
+    def __call__(self, batch):
+        rows = pl.from_arrow(batch)
+        assert isinstance(rows, pl.DataFrame)
+        outs = []
+        for (g,), part in rows.partition_by(self.group, as_dict=True, maintain_order=True).items():
+            if part.height != self.sizes[g]:
+                raise RuntimeError(f"task {g} arrived with {part.height} of its {self.sizes[g]} rows")
+            out = self.fn(self.ctx, part.sort(ROW).drop(self.group, ROW))
+            outs.append(out.with_columns(pl.lit(g, pl.Int64).alias(self.group)))
+        return pl.concat(outs).to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+class RayBackend:
+    """`map_groups` on Ray: joins `execution.ray_address`, or starts a local instance sized to this machine
+    (dashboard off, object store sized explicitly), or uses the instance this process already runs."""
+
+    def __init__(self, cfg: ExecutionConfig, scratch: Path):
+        ray = import_ray()
+        self.scratch = scratch
+        self._started = False
+        if not ray.is_initialized():
+            quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+            if cfg.ray_address:
+                ray.init(address=cfg.ray_address, **quiet)
+            else:
+                ray.init(num_cpus=cpu_count(), include_dashboard=False,
+                         object_store_memory=_object_store_bytes(cfg), **quiet)
+                self._started = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours report the stage; Ray's would interleave with them
+        ctx.print_on_execution_start = False
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = cpus if cfg.workers == "auto" else min(int(cfg.workers), cpus)
+        self.cfg = cfg
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(abort=exc_type is not None)
+
+    def map_groups(self, fn: Callable, ctx: dict, plan: pl.DataFrame, group: str, *, num_cpus: float = 1,
+                   num_gpus: float = 0, stop: threading.Event | None = None,
+                   tasks_per_worker: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
+        """(g, fn(ctx, rows of group g)) for each group of `plan`, as the groups finish (in any order); each
+        stage's actors end with it (`tasks_per_worker` is the local pool's)."""
+        if plan.height == 0:
+            return
+        import ray
+
+        expected = dict(plan.group_by(group).len().iter_rows())
+        folder = self.scratch / f"plan-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        plan = plan.with_row_index(ROW).with_columns(pl.col(group).cast(pl.Int64))
+        keys, bounds = group_bounds(plan, group)
+        for g, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True):  # one file per task: one block, one batch
+            plan.slice(int(a), int(b - a)).write_parquet(folder / f"task-{g:08d}.parquet")
+        # the pool grows from one actor: one that took every CPU first would leave none for listing and reading
+        # the plan (a deadlock on a 2-CPU instance)
+        actors = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(self.workers, len(keys))))
+        try:
+            ds = (ray.data.read_parquet(str(folder), override_num_blocks=len(keys))
+                  .map_batches(_GroupActor, fn_constructor_args=(fn, ctx, group, expected), batch_size=None,
+                               batch_format="pyarrow", compute=actors, num_cpus=num_cpus, num_gpus=num_gpus))
+            got: dict[int, list[pl.DataFrame]] = {}
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                for (g,), part in frame.partition_by(group, as_dict=True, maintain_order=True).items():
+                    got.setdefault(g, []).append(part.drop(group))
+                    if sum(p.height for p in got[g]) == expected[g]:
+                        yield g, pl.concat(got.pop(g))
+                if stop is not None and stop.is_set():
+                    return
+        except ray.exceptions.RayError as e:
+            raise WorkerDied(f"a Ray worker failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); what was "
+                             "written is kept and a rerun resumes from it") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def recycle(self) -> None:
+        """Nothing to do: each stage's actors end with its dataset."""
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the Ray instance this backend started (one it joined keeps running)."""
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+
+def open_backend(cfg: ExecutionConfig, scratch: Path):
+    """The recipe's backend: the local process pool, or Ray."""
+    from pipelines.pool import Pool, resolve_workers
+
+    if cfg.backend == "ray":
+        return RayBackend(cfg, scratch)
+    return Pool(resolve_workers(cfg.workers))
