@@ -77,13 +77,14 @@ class RayBackend:
         self.scratch = scratch
         self._started = False
         if not ray.is_initialized():
-            quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+            quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
             if cfg.ray_address:
                 ray.init(address=cfg.ray_address, **quiet)
             else:
                 ray.init(num_cpus=cpu_count(), include_dashboard=False,
                          object_store_memory=_object_store_bytes(cfg), **quiet)
                 self._started = True
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines; our progress says it
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours report the stage; Ray's would interleave with them
         ctx.print_on_execution_start = False
