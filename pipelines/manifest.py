@@ -89,7 +89,8 @@ def latest_manifests(workdir: Workdir) -> list[dict]:
             out.append(json.loads(p.read_text()))
         except (OSError, json.JSONDecodeError):
             continue
-    return out
+    # by start time (microseconds): run ids sort by the second only, and two runs can start in one second
+    return sorted(out, key=lambda m: (str(m.get("started_at") or ""), str(m.get("run_id") or "")))
 
 
 def close_stale_runs(workdir: Workdir) -> list[str]:
