@@ -57,3 +57,14 @@ def fake_generations(wd, n_sources: int | None = None) -> None:
                      "latency_s": 0.1, "run_id": "t", "cost_usd": None, "attempts": 1,
                      "batch_id": None, "refusal": None})
     wd.append("generations", pl.DataFrame(rows, schema_overrides={"items": pl.List(pl.String)}))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session, as CI runs it: 2 CPUs, a small object store, no dashboard."""
+    ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False,
+                 logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -204,17 +204,6 @@ def test_a_worker_killed_mid_run_is_one_error_line_and_a_rerun_resumes(imported,
     assert_same_tables(root, one_pass)
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the session, as CI runs it: 2 CPUs, a small object store, no dashboard."""
-    ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_the_ray_backend_gives_the_tables_of_one_pass(imported, one_pass, tmp_path, ray_local):
     """Parse and score on Ray Data actor pools (small partitions: many tasks) write the local backend's tables."""
     root = tmp_path / "wd"
