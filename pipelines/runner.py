@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from curation.embedding import resolve_device
@@ -32,6 +32,7 @@ from schemas.recipe import (
     BatchTeacherConfig,
     ChatTeacherConfig,
     ContextualTeacherConfig,
+    ExecutionConfig,
     ExportConfig,
     FilterConfig,
     ImportTeacherConfig,
@@ -85,8 +86,19 @@ def ingest(paths: list[str], workdir: str | Path, text_column: str = "text", spl
         return {**stats, "run_id": manifest.run_id}
 
 
-def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False) -> dict:
-    """Run the configured teacher (local, import, openai, openai-batch, contextual); resumable, never pays twice."""
+def _teacher_backend(wd: Workdir, execution: ExecutionConfig | None):
+    """Where the local teacher and the contextual sampler sample: a Ray backend with `execution.backend: ray`,
+    else None (this process, as ever)."""
+    if execution is None or execution.backend != "ray":
+        return nullcontext(None)
+    return open_backend(execution, wd.root / "state" / "ray")
+
+
+def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False,
+           execution: ExecutionConfig | None = None) -> dict:
+    """Run the configured teacher (local, import, openai, openai-batch, contextual); resumable, never pays twice.
+    With `execution.backend: ray` the local teacher and the contextual sampler run on Ray actors; the OpenAI
+    teachers (I/O bound) stay in this process."""
     if dry_run and not isinstance(cfg, ChatTeacherConfig | BatchTeacherConfig):
         raise RecipeError(f"--dry-run estimates what an API teacher costs (teacher.kind openai or openai-batch); "
                           f"teacher.kind {cfg.kind} runs on this machine and costs nothing")
@@ -100,7 +112,8 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
     if isinstance(cfg, ContextualTeacherConfig):
         from pipelines.steps.contextual import generate_contextual
 
-        stats = generate_contextual(wd, cfg, manifest.run_id, prog)
+        with _teacher_backend(wd, execution) as backend:
+            stats = generate_contextual(wd, cfg, manifest.run_id, prog, backend)
     elif isinstance(cfg, ChatTeacherConfig | BatchTeacherConfig):
         from pipelines.steps.batch import generate_batch
         from pipelines.steps.chat import generate_chat
@@ -113,7 +126,8 @@ def _teach(wd: Workdir, cfg, manifest: RunManifest, prog, dry_run: bool = False)
         fn = generate_chat if isinstance(cfg, ChatTeacherConfig) else generate_batch
         stats = fn(wd, cfg, manifest.run_id, prog, dry_run=dry_run, moderated=flagged)
     else:
-        stats = _generate(wd, cfg, manifest.run_id, prog)
+        with _teacher_backend(wd, execution) as backend:
+            stats = _generate(wd, cfg, manifest.run_id, prog, backend)
     manifest.record_stage("generate", {**stats, "teacher": cfg.model_dump(mode="json")})
     return stats
 
@@ -305,7 +319,7 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
             stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("import", stats)
         else:
-            stats = _teach(wd, recipe.teacher, manifest, prog, dry_run)
+            stats = _teach(wd, recipe.teacher, manifest, prog, dry_run, recipe.execution)
         result["teacher"] = stats
         if dry_run:
             return result

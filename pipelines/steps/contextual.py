@@ -12,25 +12,31 @@ from the recipe seed and its first request id and written as one atomic `generat
 per-context shards named by the context id (`wd.append(..., key=)`), sources first, candidates last, in context
 id order; a context counts as done once its candidates shard exists, so a run killed anywhere is finished by the
 next one with exactly the rows of an uninterrupted run, and a run with nothing to do loads no model.
+
+With the Ray backend each phase's pending batches are tasks of an actor pool (as in the generate step: one
+whole batch and its seed per task, a GPU per actor when the cluster has GPUs), written here as they finish.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
+from collections.abc import Iterator
 
 import polars as pl
 
 from curation.teachers.contextual import (
     ContextualSampler,
+    Sample,
     context_ingest_id,
     context_pairs,
     first_sentence,
     trim_context,
 )
 from curation.text import request_id
-from pipelines.steps.generate import _batch_seed
+from pipelines.steps.generate import _batch_seed, actor_gpus, portable_ref
 from pipelines.store import Workdir
 from schemas.errors import RecipeError
 from schemas.recipe import ContextualTeacherConfig
@@ -104,25 +110,72 @@ def _stored(wd: Workdir, ids: list[str]) -> pl.DataFrame:
             .select("request_id", "items").collect().unique("request_id", keep="first", maintain_order=True))
 
 
+@functools.lru_cache(maxsize=2)
+def _actor_sampler(model: str | None, dtype: str) -> ContextualSampler:
+    """The sampler of a Ray actor, made once per process (its weights load on the first batch)."""
+    return ContextualSampler(model, dtype)
+
+
+def _sample_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
+    """One batch's samples in a Ray actor: `rows` are its prompts and the batch's seed (the sampler is made
+    once per actor)."""
+    sampler = _actor_sampler(ctx["model"], ctx["dtype"])
+    if sampler.model_id != ctx["model_id"]:
+        raise RuntimeError(f"this node resolves the model to {sampler.model_id}, the driver to {ctx['model_id']}")
+    samples = sampler.sample_detailed(rows["prompt"].to_list(), seed=int(rows["seed"][0]), **ctx["sampling"])
+    return pl.DataFrame([(*s, sampler.last_latency_s) for s in samples], orient="row",
+                        schema={"text": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+                                "finish_reason": pl.String, "latency_s": pl.Float64})
+
+
 class _Batches:
-    """Runs a plan in fixed batches: skips stored batches, seeds each, appends one generations shard each."""
+    """Runs a plan in fixed batches: skips stored batches, seeds each, appends one generations shard each.
+    `backend`: a Ray backend whose actors sample the batches, or None (this process samples them)."""
 
     def __init__(self, wd: Workdir, sampler: ContextualSampler, cfg: ContextualTeacherConfig, stats: dict,
-                 progress=None):
+                 progress=None, backend=None):
         self.wd, self.sampler, self.cfg, self.stats, self.progress = wd, sampler, cfg, stats, progress
+        self.backend = backend
         self.tokens: dict = {}  # progress task -> completion tokens shown on its bar
+
+    def _pending(self, plan: pl.DataFrame, done: set[str], prompts: list[str]
+                 ) -> Iterator[tuple[int, int, pl.DataFrame]]:
+        """(batch index, batch seed, its requests not yet stored, with their prompts) of each batch with work."""
+        bs = self.cfg.batch_size
+        for i, start in enumerate(range(0, plan.height, bs)):
+            batch = plan.slice(start, bs).with_columns(prompt=pl.Series(prompts[start:start + bs], dtype=pl.String))
+            todo = batch.filter(pl.Series([r not in done for r in batch["request_id"]], dtype=pl.Boolean))
+            if todo.height:
+                yield i, _batch_seed(self.cfg.seed, batch["request_id"][0]), todo
+
+    def _sample_here(self, batches, sampling: dict) -> Iterator[tuple[pl.DataFrame, list, float]]:
+        """(requests, samples, seconds) of each batch, sampled in this process, in plan order."""
+        for _, seed, todo in batches:
+            samples = self.sampler.sample_detailed(todo["prompt"].to_list(), seed=seed, **sampling)
+            yield todo, samples, self.sampler.last_latency_s
+
+    def _sample_on_ray(self, batches, sampling: dict) -> Iterator[tuple[pl.DataFrame, list, float]]:
+        """(requests, samples, seconds) of each batch, sampled by the Ray backend's actors, as they finish."""
+        batches = list(batches)
+        todo = {i: reqs for i, _, reqs in batches}
+        if not todo:
+            return
+        plan = pl.concat([reqs.select(batch=pl.lit(i, pl.Int64), seed=pl.lit(seed, pl.Int64), prompt="prompt")
+                          for i, seed, reqs in batches])
+        ctx = {"model": portable_ref(self.cfg.model), "dtype": self.sampler.dtype, "model_id": self.sampler.model_id,
+               "sampling": sampling}
+        for i, out in self.backend.map_groups(_sample_rows, ctx, plan, "batch", num_gpus=actor_gpus()):
+            samples = [Sample(*r) for r in out.select("text", "prompt_tokens", "completion_tokens",
+                                                      "finish_reason").iter_rows()]
+            yield todo[i], samples, float(out["latency_s"][0])
 
     def run(self, plan: pl.DataFrame, done: set[str], prompts: list[str], sampling: dict, make_row, task,
             after_batch=None) -> None:
-        bs = self.cfg.batch_size
-        for start in range(0, plan.height, bs):
-            batch = plan.slice(start, bs).with_columns(prompt=pl.Series(prompts[start:start + bs], dtype=pl.String))
-            todo = batch.filter(pl.Series([r not in done for r in batch["request_id"]], dtype=pl.Boolean))
-            if todo.height == 0:
-                continue
-            seed = _batch_seed(self.cfg.seed, batch["request_id"][0])
-            samples = self.sampler.sample_detailed(todo["prompt"].to_list(), seed=seed, **sampling)
-            latency = round(self.sampler.last_latency_s, 4)
+        batches = self._pending(plan, done, prompts)
+        results = (self._sample_here(batches, sampling) if self.backend is None
+                   else self._sample_on_ray(batches, sampling))
+        for todo, samples, latency in results:
+            latency = round(latency, 4)
             rows = []
             for req, s in zip(todo.iter_rows(named=True), samples, strict=True):
                 rows.append({**make_row(req, s), "request_id": req["request_id"],
@@ -141,8 +194,10 @@ class _Batches:
                 after_batch(rows)
 
 
-def generate_contextual(wd: Workdir, cfg: ContextualTeacherConfig, run_id: str, progress=None) -> dict:
-    """Sample contexts and continuations not yet stored, then write each finished context's sources and pairs."""
+def generate_contextual(wd: Workdir, cfg: ContextualTeacherConfig, run_id: str, progress=None,
+                        backend=None) -> dict:
+    """Sample contexts and continuations not yet stored, then write each finished context's sources and pairs.
+    `backend`: a Ray backend whose actors sample the batches, or None (this process samples them)."""
     t0 = time.perf_counter()
     lo, hi = cfg.context_sentences
     if not 1 <= lo <= hi:
@@ -153,7 +208,7 @@ def generate_contextual(wd: Workdir, cfg: ContextualTeacherConfig, run_id: str, 
             "n_requested": cfg.k, "dtype": dtype, "seed": cfg.seed, "run_id": run_id, "cost_usd": None,
             "attempts": 1, "batch_id": None, "refusal": None}
     stats = {"contexts_planned": cfg.contexts, "generated": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    runner = _Batches(wd, sampler, cfg, stats, progress)
+    runner = _Batches(wd, sampler, cfg, stats, progress, backend)
     done = set(wd.scan("generations").select("request_id").collect().get_column("request_id"))
 
     # -- 1. contexts ---------------------------------------------------------------------------------------

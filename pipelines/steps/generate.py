@@ -3,19 +3,26 @@
 Resume: requests are ordered by (source_id, sample_index) and cut into fixed batches; each batch is seeded
 from the recipe seed and its first request id and written as one atomic shard. A rerun skips batches whose
 rows exist, so an interrupted run ends with exactly the rows of an uninterrupted one.
+
+With the Ray backend the pending batches are tasks of an actor pool (one GPU per actor when the cluster has
+GPUs; each actor loads the teacher once): a task is one whole batch with its seed, so it samples what this
+process would, and this process writes each returned batch as the same shard, in the order they finish.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import polars as pl
 
 from curation.parsing import parse_paraphrases
 from curation.prompt_templates import PromptTemplate, load_template, student_template
-from curation.teachers.local import LocalTeacher
+from curation.teachers.local import Completion, LocalTeacher
 from curation.text import request_id
 from pipelines.store import Workdir
 from pipelines.student import resolve_adapter
@@ -46,8 +53,80 @@ def _batch_seed(seed: int, first_request: str) -> int:
     return int(hashlib.sha256(f"{seed}:{first_request}".encode()).hexdigest()[:8], 16)
 
 
-def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None) -> dict:
-    """Run every planned request not yet stored; returns counts, tokens and timings."""
+def pending_batches(plan: pl.DataFrame, done: set[str], batch_size: int, seed: int
+                    ) -> Iterator[tuple[int, int, pl.DataFrame]]:
+    """(batch index, batch seed, its requests not yet stored) of each fixed batch of `plan` with work left."""
+    for i, start in enumerate(range(0, plan.height, batch_size)):
+        batch = plan.slice(start, batch_size)
+        todo = batch.filter(~pl.col("request_id").is_in(list(done)))
+        if todo.height:
+            yield i, _batch_seed(seed, batch["request_id"][0]), todo
+
+
+def portable_ref(ref: str | None) -> str | None:
+    """A model reference every process resolves alike: an existing local path made absolute (a Ray actor does
+    not run in this process's working folder); a Hub id, or None (the embedded model), as given."""
+    return str(Path(ref).resolve()) if ref and Path(ref).exists() else ref
+
+
+def actor_gpus() -> int:
+    """GPUs per teacher actor: one when the Ray cluster has GPUs (the local teacher samples on CUDA wherever it
+    is available), else none."""
+    import ray
+
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+
+def _complete_here(teacher: LocalTeacher, template: PromptTemplate, n_ask: int, sampling: dict,
+                   batches: Iterable[tuple[int, int, pl.DataFrame]]) -> Iterator[tuple[pl.DataFrame, list, float]]:
+    """(requests, completions, seconds) of each batch, sampled in this process, in plan order."""
+    for _, seed, todo in batches:
+        messages = [template.messages(t, n_ask) for t in todo["text"]]
+        completions, latency = teacher.complete(messages, seed=seed, **sampling)
+        yield todo, completions, latency
+
+
+@functools.lru_cache(maxsize=2)
+def _actor_teacher(model: str | None, dtype: str, adapter: str | None) -> LocalTeacher:
+    """The teacher of a Ray actor, made once per process (its weights load on the first batch)."""
+    return LocalTeacher(model, dtype, adapter)
+
+
+def _complete_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
+    """One batch's completions in a Ray actor: `rows` are its requests (messages as JSON, the batch's seed)."""
+    teacher = _actor_teacher(ctx["model"], ctx["dtype"], ctx["adapter"])
+    if teacher.model_id != ctx["model_id"]:
+        raise RuntimeError(f"this node resolves the teacher to {teacher.model_id}, the driver to {ctx['model_id']}")
+    messages = [json.loads(m) for m in rows["messages"]]
+    completions, latency = teacher.complete(messages, seed=int(rows["seed"][0]), **ctx["sampling"])
+    return pl.DataFrame([(c.raw_output, c.prompt_tokens, c.completion_tokens, c.finish_reason, latency)
+                         for c in completions],
+                        schema={"raw_output": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+                                "finish_reason": pl.String, "latency_s": pl.Float64}, orient="row")
+
+
+def _complete_on_ray(backend, teacher: LocalTeacher, cfg: TeacherConfig, template: PromptTemplate, n_ask: int,
+                     sampling: dict, batches: Iterable[tuple[int, int, pl.DataFrame]]
+                     ) -> Iterator[tuple[pl.DataFrame, list, float]]:
+    """(requests, completions, seconds) of each batch, sampled by the Ray backend's actors, as they finish."""
+    todo = {i: (seed, reqs) for i, seed, reqs in batches}
+    if not todo:
+        return
+    plan = pl.concat([reqs.select(batch=pl.lit(i, pl.Int64), seed=pl.lit(seed, pl.Int64), messages=pl.Series(
+        [json.dumps(template.messages(t, n_ask)) for t in reqs["text"]], dtype=pl.String))
+        for i, (seed, reqs) in todo.items()])
+    ctx = {"model": portable_ref(cfg.model), "dtype": teacher.dtype,
+           "adapter": str(teacher.adapter) if teacher.adapter else None, "model_id": teacher.model_id,
+           "sampling": sampling}
+    for i, out in backend.map_groups(_complete_rows, ctx, plan, "batch", num_gpus=actor_gpus()):
+        completions = [Completion(*r) for r in out.select("raw_output", "prompt_tokens", "completion_tokens",
+                                                          "finish_reason").iter_rows()]
+        yield todo[i][1], completions, float(out["latency_s"][0])
+
+
+def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None, backend=None) -> dict:
+    """Run every planned request not yet stored; returns counts, tokens and timings. `backend`: a Ray backend
+    whose actors sample the batches, or None (this process samples them)."""
     t0 = time.perf_counter()
     teacher = LocalTeacher(cfg.model, cfg.dtype, resolve_adapter(cfg.adapter) if cfg.adapter else None)
     template = student_template(teacher.student.template) if teacher.student else load_template(cfg.prompt)
@@ -71,16 +150,13 @@ def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None) -> dic
     stats = {"planned": plan.height, "already_done": n_done_before, "generated": 0, "parse_errors": 0,
              "prompt_tokens": 0, "completion_tokens": 0}
     n_ask = cfg.n if template.mode == "list" else 1
-    for start in range(0, plan.height, cfg.batch_size):
-        batch = plan.slice(start, cfg.batch_size)
-        todo = batch.filter(~pl.col("request_id").is_in(list(done)))
-        if todo.height == 0:
-            continue
-        seed = _batch_seed(cfg.seed, batch["request_id"][0])
-        messages = [template.messages(t, n_ask) for t in todo["text"]]
-        completions, latency = teacher.complete(
-            messages, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=seed
-        )
+    batches = pending_batches(plan, done, cfg.batch_size, cfg.seed)
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
+    if backend is None:
+        results = _complete_here(teacher, template, n_ask, sampling, batches)
+    else:
+        results = _complete_on_ray(backend, teacher, cfg, template, n_ask, sampling, batches)
+    for todo, completions, latency in results:
         rows = []
         for req, c in zip(todo.iter_rows(named=True), completions, strict=True):
             items, err = parse_paraphrases(c.raw_output, template.mode)
