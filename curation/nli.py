@@ -135,6 +135,13 @@ def load_nli(model: str, device: str = "auto", dtype: str = "auto") -> NLIModel:
     path, unknown id, a model without an entailment label, bad device/dtype) raise RecipeError with one line.
     `load_nli.cache_clear()` empties the cache.
     """
+    loadable, fingerprint = _locate(model)
+    dev = _resolve_device(device)
+    return _load_cached(loadable, fingerprint, dev, _resolve_dtype(dtype, dev))
+
+
+def _locate(model: str) -> tuple[str, str]:
+    """(what transformers loads, the folder's content fingerprint or "" for a Hub id); one line for a bad path."""
     ref = str(model).strip()
     if not ref:
         raise RecipeError("nli model: empty model name; give a local folder or a Hub id")
@@ -145,13 +152,33 @@ def load_nli(model: str, device: str = "auto", dtype: str = "auto") -> NLIModel:
         if not (path / "config.json").is_file():
             raise RecipeError(f"nli model {ref}: folder has no config.json; not a Hugging Face model folder")
         path = path.resolve()
-        loadable, fingerprint = str(path), folder_fingerprint(path)
-    elif _looks_like_path(ref):
+        return str(path), folder_fingerprint(path)
+    if _looks_like_path(ref):
         raise RecipeError(f"nli model {ref}: no such folder")
-    else:
-        loadable, fingerprint = ref, ""
-    dev = _resolve_device(device)
-    return _load_cached(loadable, fingerprint, dev, _resolve_dtype(dtype, dev))
+    return ref, ""
+
+
+def nli_model_id(model: str) -> str:
+    """The `model_id` `load_nli` gives this model, from its config only (a driver that hands the model to Ray
+    actors keys the cache without loading the weights)."""
+    loadable, fingerprint = _locate(model)
+    if fingerprint:
+        return _model_id(loadable, fingerprint, None)
+    from transformers import AutoConfig
+
+    try:
+        return _model_id(loadable, "", AutoConfig.from_pretrained(loadable))
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"nli model {loadable}: cannot load this Hub id (not a local folder; offline needs it "
+                          f"pre-downloaded): {_first_line(e)}") from None
+
+
+def _model_id(loadable: str, fingerprint: str, *configs) -> str:
+    """path#content for a folder; Hub id@commit (the first config that knows its commit) for a Hub model."""
+    if fingerprint:
+        return f"{loadable}#{fingerprint}"
+    commit = next((c for c in (getattr(x, "_commit_hash", None) for x in configs) if c), None)
+    return f"{loadable}@{commit[:12]}" if commit else loadable
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,12 +196,8 @@ def _load_cached(loadable: str, fingerprint: str, device: str, dtype: str) -> NL
         raise RecipeError(f"nli model {loadable}: cannot load this {where}: {_first_line(e)}") from None
     net.to(device)
     net.eval()
-    if fingerprint:
-        model_id = f"{loadable}#{fingerprint}"
-    else:
-        commit = getattr(net.config, "_commit_hash", None) or getattr(config, "_commit_hash", None)
-        model_id = f"{loadable}@{commit[:12]}" if commit else loadable
-    return NLIModel(model=net, tokenizer=tokenizer, entail_idx=idx, model_id=model_id, device=device)
+    return NLIModel(model=net, tokenizer=tokenizer, entail_idx=idx,
+                    model_id=_model_id(loadable, fingerprint, net.config, config), device=device)
 
 
 load_nli.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]

@@ -53,8 +53,12 @@ class _GroupActor:
     """Tasks' rows -> the operator's results (a Ray Data actor: `fn` loads its models once per actor). A batch is
     one plan file, so one whole task; a task whose rows arrive split would be scored wrongly, so it fails."""
 
-    def __init__(self, fn: Callable, ctx: dict, group: str, sizes: dict[int, int]):
+    def __init__(self, fn: Callable, ctx: dict, group: str, sizes: dict[int, int], threads: int | None = None):
         self.fn, self.ctx, self.group, self.sizes = fn, ctx, group, sizes
+        if threads:  # a model stage: torch's thread count, which its float results can depend on
+            import torch
+
+            torch.set_num_threads(threads)
 
     def __call__(self, batch):
         rows = pl.from_arrow(batch)
@@ -72,6 +76,8 @@ class RayBackend:
     """`map_groups` on Ray: joins `execution.ray_address`, or starts a local instance sized to this machine
     (dashboard off, object store sized explicitly), or uses the instance this process already runs."""
 
+    distributed = True  # model stages (embed, NLI) run on its actors, not in the driver
+
     def __init__(self, cfg: ExecutionConfig, scratch: Path):
         ray = import_ray()
         self.scratch = scratch
@@ -88,7 +94,11 @@ class RayBackend:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours report the stage; Ray's would interleave with them
         ctx.print_on_execution_start = False
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        self.cpus = cpus = int(resources.get("CPU", 1))
+        self.gpus = int(resources.get("GPU", 0))
+        largest = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=cpus)
+        self.model_threads = min(cpu_count(), largest) if cfg.model_threads == "auto" else int(cfg.model_threads)
         self.workers = cpus if cfg.workers == "auto" else min(int(cfg.workers), cpus)
         self.cfg = cfg
 
@@ -99,10 +109,12 @@ class RayBackend:
         self.close(abort=exc_type is not None)
 
     def map_groups(self, fn: Callable, ctx: dict, plan: pl.DataFrame, group: str, *, num_cpus: float = 1,
-                   num_gpus: float = 0, stop: threading.Event | None = None,
-                   tasks_per_worker: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
+                   num_gpus: float = 0, stop: threading.Event | None = None, tasks_per_worker: int | None = None,
+                   threads: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
         """(g, fn(ctx, rows of group g)) for each group of `plan`, as the groups finish (in any order); each
-        stage's actors end with it (`tasks_per_worker` is the local pool's)."""
+        stage's actors end with it (`tasks_per_worker` is the local pool's). `threads`: a model stage's torch
+        threads per actor; the pool then holds at most CPUs / threads actors. (Each actor asks Ray for one CPU
+        all the same: Ray Data never schedules an actor that asks for every CPU of a small instance.)"""
         if plan.height == 0:
             return
         import ray
@@ -116,10 +128,13 @@ class RayBackend:
             plan.slice(int(a), int(b - a)).write_parquet(folder / f"task-{g:08d}.parquet")
         # the pool grows from one actor: one that took every CPU first would leave none for listing and reading
         # the plan (a deadlock on a 2-CPU instance)
-        actors = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(self.workers, len(keys))))
+        fits = self.cpus // max(num_cpus, threads or 0) if num_cpus or threads else len(keys)
+        if num_gpus:
+            fits = min(fits, self.gpus // num_gpus)
+        actors = ray.data.ActorPoolStrategy(min_size=1, max_size=int(max(1, min(self.workers, len(keys), fits))))
         try:
             ds = (ray.data.read_parquet(str(folder), override_num_blocks=len(keys))
-                  .map_batches(_GroupActor, fn_constructor_args=(fn, ctx, group, expected), batch_size=None,
+                  .map_batches(_GroupActor, fn_constructor_args=(fn, ctx, group, expected, threads), batch_size=None,
                                batch_format="pyarrow", compute=actors, num_cpus=num_cpus, num_gpus=num_gpus))
             got: dict[int, list[pl.DataFrame]] = {}
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -147,6 +162,17 @@ class RayBackend:
 
             ray.shutdown()
             self._started = False
+
+
+def actor_device(device: str, backend) -> tuple[str, int]:
+    """The device a model stage runs on and the GPUs each of its actors takes: on Ray, `auto` means the cluster's
+    GPUs when it has any (the driver may have none); locally the setting as given, in this process."""
+    if not getattr(backend, "distributed", False):
+        return device, 0
+    gpus = backend.gpus
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    return device, (1 if gpus and device.startswith("cuda") else 0)
 
 
 def open_backend(cfg: ExecutionConfig, scratch: Path):

@@ -17,7 +17,7 @@ from pipelines.steps.analyses import parse_missing
 from pipelines.steps.candidates import build_candidates
 from pipelines.steps.dedup import dedup
 from pipelines.steps.dedup import methods as dedup_methods
-from pipelines.steps.embed import embed_missing
+from pipelines.steps.embed import embed_missing, on_backend
 from pipelines.steps.export import export_dataset, export_if_changed
 from pipelines.steps.filter import run_filter
 from pipelines.steps.generate import generate as _generate
@@ -244,17 +244,18 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
     out: dict = {}
     texts = PairTexts.open(wd)
     with open_backend(recipe.execution, wd.root / "state" / "ray") as pool:
+        embed_cfg = on_backend(recipe.embed, pool)[0]  # on Ray: what its actors embed with (their GPUs)
         parse = None
-        if "score" in stages and needs_parse(recipe.score) and resolve_device(recipe.embed.device) != "cpu":
+        if "score" in stages and needs_parse(recipe.score) and resolve_device(embed_cfg.device) != "cpu":
             # CPU workers parse while the GPU embeds. With the encoder on the CPU, its threads already use every
             # core and sharing them costs more than it overlaps (measured), so the pool parses after it.
             parse = Background(parse_missing, wd, unique_texts(pairs), recipe.score.spacy_model, pool,
                                recipe.execution.partition_size, prog, store=texts)
         try:
-            out["embed"] = embed_missing(wd, recipe.embed, pairs, prog, store=texts)
+            out["embed"] = embed_missing(wd, embed_cfg, pairs, prog, store=texts, backend=pool)
             manifest.record_stage("embed", out["embed"])
             if "dedup" in stages:
-                out["dedup"] = dedup(wd, recipe.dedup, recipe.embed, recipe.nli, pairs, prog, store=texts)
+                out["dedup"] = dedup(wd, recipe.dedup, embed_cfg, recipe.nli, pairs, prog, store=texts)
                 manifest.record_stage("dedup", out["dedup"])
             if parse is not None:
                 out["parse"] = parse.result()
@@ -265,7 +266,7 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
                 parse.abandon()
             raise
         if "score" in stages:
-            out["score"] = score(wd, recipe.score, recipe.embed, recipe.nli, pairs, pool,
+            out["score"] = score(wd, recipe.score, embed_cfg, recipe.nli, pairs, pool,
                                  recipe.execution.partition_size, prog, store=texts)
             manifest.record_stage("score", out["score"])
     if "filter" in stages:

@@ -262,15 +262,19 @@ class ExecutionConfig(_Strict):
     ray_address: str | None = Field(
         None, description="backend ray: the cluster to join (auto = the one `ray start` runs here, or "
         "ray://HOST:PORT); none = start a local Ray instance sized to this machine.")
+    model_threads: int | Literal["auto"] = Field(
+        "auto", description="backend ray: torch threads of each CPU embedding or NLI actor (at most CPUs / threads "
+        "such actors run at once); auto = the cores of this machine, at most the largest node's. A model's float "
+        "results can depend on its thread count: the count of a local run gives its vectors bit for bit.")
     object_store_mb: int | None = Field(
         None, ge=80, description="backend ray, local instance: its object store in MB (none = a fifth of memory, "
         "at most 2048).")
 
-    @field_validator("workers")
+    @field_validator("workers", "model_threads")
     @classmethod
-    def _positive(cls, v):
+    def _positive(cls, v, info):
         if v != "auto" and v < 1:
-            raise ValueError("workers must be auto or a positive number")
+            raise ValueError(f"{info.field_name} must be auto or a positive number")
         return v
 
 

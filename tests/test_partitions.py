@@ -212,7 +212,10 @@ def test_the_ray_backend_gives_the_tables_of_one_pass(imported, one_pass, tmp_pa
     r.execution.backend = "ray"
     res = runner.curate(root, r, progress=False)
     assert res["score"]["partitions"] > 5 and res["score"]["parse"]["parsed"] > 0
+    assert res["embed"]["embedded"] == res["embed"]["texts"]  # encoded by the actors, none in the driver
     assert_same_tables(root, one_pass)
+    vectors = [Workdir(r).read("embeddings").sort("text_id") for r in (root, one_pass)]
+    assert vectors[0].equals(vectors[1])  # bit for bit: the same chunks through the same model
     assert not list((root / "state" / "ray").glob("plan-*"))  # the plans are removed once read
 
 

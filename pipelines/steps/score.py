@@ -13,6 +13,7 @@ import time
 import numpy as np
 import polars as pl
 
+from curation.nli import nli_model_id
 from curation.scoring import PairAnalyses, score_pairs
 from pipelines.partitions import by_source
 from pipelines.pool import Pool
@@ -123,9 +124,9 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     if "nli" in scorers:  # one pass over every pair, as before partitions: the model's batches (and so the last
         t = time.perf_counter()  # bits of its probabilities) do not depend on the partition size
         fwd, bwd = nli_step.both_directions(wd, nli_cfg, pairs if columns == PAIR_COLUMNS else store.attach(pairs),
-                                            progress)
+                                            progress, backend=pool)
         nli = (fwd.astype(np.float64), bwd.astype(np.float64))
-        stats["nli_model"] = nli_step.nli_model(nli_cfg).model_id
+        stats["nli_model"] = nli_model_id(nli_cfg.model)
         stats["seconds_by_input"]["nli"] = round(time.perf_counter() - t, 3)
     # one pool task per partition / workers, so the pairs in flight stay about one partition
     task_size = max(1, -(-partition_size // pool.workers))
