@@ -343,6 +343,83 @@ def _recall(src: VectorSource, gcode: np.ndarray, thr: float, k: int, found: np.
             "recall_exact_links": int(exact.size), "recall_found_links": hit}
 
 
+# ---------------------------------------------------------------------------------------------------- clustered
+# The search a cluster can spread over machines (NeMo Curator's SemDeDup layout): k-means on a seeded sample, every
+# vector stored in its nearest cluster, each query searched exactly in its `probe` nearest clusters (one task per
+# cluster), then each query's k best candidates over its clusters. With one cluster it is the flat search itself.
+
+
+def kmeans_centroids(src: VectorSource, clusters: int, seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids (FAISS, seeded) trained on TRAIN_PER_LIST sampled vectors per cluster."""
+    import faiss
+
+    n = len(src)
+    clusters = int(max(1, min(clusters, n)))
+    if clusters == 1:
+        return np.zeros((1, src.dim), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    size = min(n, TRAIN_PER_LIST * clusters)
+    sample = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    km = faiss.Kmeans(src.dim, clusters, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
+    km.train(gather(src, sample))
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def nearest_clusters(src: VectorSource, centroids: np.ndarray, probe: int) -> np.ndarray:
+    """(n, probe) the clusters of each row, nearest first (column 0: where the row is stored), SEARCH_CHUNK rows
+    at a time."""
+    import faiss
+
+    probe = int(max(1, min(probe, centroids.shape[0])))
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    out = np.zeros((len(src), probe), dtype=np.int64)
+    for a, b in _chunks(len(src), SEARCH_CHUNK):
+        out[a:b] = index.search(gather(src, np.arange(a, b)), probe)[1]
+    return out
+
+
+def cluster_neighbours(db: VectorSource, queries: VectorSource, k: int,
+                       threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's k nearest rows of `db` (exact: FAISS flat, queried as `across_edges` queries) whose cosine is
+    at or above `threshold`: (query row, db row, cosine), in the rows' local numbering; a query's own row counts."""
+    index = _exact_or_graph_index(db, "flat", k)
+    k = min(k, len(db))
+    out_q, out_d, out_s = [], [], []
+    for a, b in _query_chunks(len(queries), queries.dim):
+        sims, ids = index.search(gather(queries, np.arange(a, b)), k)
+        ok = (ids >= 0) & (sims >= threshold)
+        out_q.append(np.broadcast_to(np.arange(a, b, dtype=np.int64)[:, None], ids.shape)[ok])
+        out_d.append(ids[ok])
+        out_s.append(sims[ok])
+    return np.concatenate(out_q), np.concatenate(out_d), np.concatenate(out_s)
+
+
+def best_candidates(q: np.ndarray, d: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """Of each query's candidates from all its clusters, its k best (cosine descending, then the smaller row)."""
+    order = np.lexsort((d, -s, q))
+    q, d, s = q[order], d[order], s[order]
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if q.size else np.zeros(0, np.int64)
+    rank = np.arange(q.size) - np.repeat(starts, np.diff(np.r_[starts, q.size]))
+    keep = rank < k
+    return q[keep], d[keep], s[keep]
+
+
+def other_group_edges(q: np.ndarray, d: np.ndarray, s: np.ndarray, gcode: np.ndarray, n: int,
+                      recall_of: VectorSource | None = None, threshold: float = 0.0, k: int = 17,
+                      recall_sample: int = 0, seed: int = 0, info: dict | None = None):
+    """The links among candidate (query, row, cosine) triples: another row of another group; with `recall_of`,
+    their recall against exact search on `recall_sample` seeded queries goes into `info`."""
+    ok = (q != d) & (gcode[q] != gcode[d])
+    q, d, s = q[ok], d[ok], s[ok]
+    if recall_of is not None and recall_sample > 0 and info is not None:
+        t0 = time.perf_counter()
+        info.update(_recall(recall_of, gcode, threshold, k, _edge_keys(q, d, n), recall_sample, seed))
+        info["recall_seconds"] = round(time.perf_counter() - t0, 3)
+    return q, d, s
+
+
 # ---------------------------------------------------------------------------------------------------- within
 
 
@@ -487,7 +564,7 @@ def _decide(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray | VectorSource, within: float | None,
                    across: float | None, neighbors: int = 16, index: str = "flat", *, ivf_lists: int | None = None,
                    ivf_probe: int = 16, recall_sample: int = 1000, seed: int = 0,
-                   info: dict | None = None) -> pl.DataFrame:
+                   info: dict | None = None, across_search=None) -> pl.DataFrame:
     """Near-duplicate paraphrases: cosine >= `within` inside one source group, >= `across` between groups.
 
     `pairs` (pair_id, source_id, priority) is aligned with `vecs` (L2-normalised paraphrase embeddings: an ndarray
@@ -501,6 +578,8 @@ def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray | VectorSource, within:
     - hnsw: a graph over the float32 vectors.
     For ivf and hnsw, recall against exact search is measured on `recall_sample` seeded queries (0: skip).
     `info`, when given, receives the index kind, its parameters, timings and the recall.
+    `across_search(src, gcode, info) -> (row a, row b, cosine)`, when given, finds the across-group links instead
+    (e.g. the clustered search spread over a backend's tasks); `info["label"]` then names it.
     """
     info = {} if info is None else info
     src = as_vectors(vecs)
@@ -515,7 +594,10 @@ def semantic_links(pairs: pl.DataFrame, vecs: np.ndarray | VectorSource, within:
     if within is not None:
         ea, eb, es = within_edges(gcode, src, within)
         parts.append((ea, eb, es, np.ones(ea.size, dtype=np.int8)))
-    if across is not None:
+    if across is not None and across_search is not None:
+        ea, eb, es = across_search(src, gcode, info)
+        parts.append((ea, eb, es, np.zeros(ea.size, dtype=np.int8)))
+    elif across is not None:
         ea, eb, es = across_edges(src, gcode, across, neighbors, index, lists=ivf_lists, probe=ivf_probe,
                                   recall_sample=recall_sample, seed=seed, info=info)
         parts.append((ea, eb, es, np.zeros(ea.size, dtype=np.int8)))

@@ -124,11 +124,11 @@ class Pool:
                 f.cancel()
 
     def map_groups(self, fn: Callable, ctx: dict, plan: pl.DataFrame, group: str, *, num_cpus: float = 1,
-                   num_gpus: float = 0, stop: threading.Event | None = None,
-                   tasks_per_worker: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
+                   num_gpus: float = 0, stop: threading.Event | None = None, tasks_per_worker: int | None = None,
+                   threads: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
         """(g, fn(ctx, rows of group g)) for each group of `plan` (sorted by its integer `group` column), in group
-        order; the backends' one interface for a per-partition stage (`num_cpus`/`num_gpus` are Ray's; here
-        each worker has one core). `stop` set: no further group is started. `tasks_per_worker`: fresh workers
+        order; the backends' one interface for a per-partition stage (`num_cpus`/`num_gpus`/`threads` are Ray's;
+        here each worker has one core). `stop` set: no further group is started. `tasks_per_worker`: fresh workers
         after about that many tasks each (a worker whose memory grows with what it has seen, as spaCy's
         vocabulary does, stays bounded)."""
         keys, bounds = group_bounds(plan, group)

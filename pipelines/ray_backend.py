@@ -25,6 +25,7 @@ from schemas.recipe import ExecutionConfig
 
 MB = 1024 ** 2
 ROW = "__plan_row__"  # a plan row's place, so an actor sees its task's rows in plan order after the shuffle
+COUNT = "__task_rows__"  # how many rows a task's result has, so the driver knows when it holds all of them
 
 
 def import_ray():
@@ -68,7 +69,9 @@ class _GroupActor:
             if part.height != self.sizes[g]:
                 raise RuntimeError(f"task {g} arrived with {part.height} of its {self.sizes[g]} rows")
             out = self.fn(self.ctx, part.sort(ROW).drop(self.group, ROW))
-            outs.append(out.with_columns(pl.lit(g, pl.Int64).alias(self.group)))
+            n = out.height  # an empty result travels as one null row, so its task is reported done too
+            outs.append((out if n else out.clear(1)).with_columns(pl.lit(g, pl.Int64).alias(self.group),
+                                                                   pl.lit(n, pl.Int64).alias(COUNT)))
         return pl.concat(outs).to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
@@ -141,8 +144,9 @@ class RayBackend:
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)
                 for (g,), part in frame.partition_by(group, as_dict=True, maintain_order=True).items():
-                    got.setdefault(g, []).append(part.drop(group))
-                    if sum(p.height for p in got[g]) == expected[g]:
+                    n = part.get_column(COUNT)[0]
+                    got.setdefault(g, []).append(part.drop(group, COUNT).head(n))
+                    if sum(p.height for p in got[g]) == n:
                         yield g, pl.concat(got.pop(g))
                 if stop is not None and stop.is_set():
                     return

@@ -255,7 +255,8 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
             out["embed"] = embed_missing(wd, embed_cfg, pairs, prog, store=texts, backend=pool)
             manifest.record_stage("embed", out["embed"])
             if "dedup" in stages:
-                out["dedup"] = dedup(wd, recipe.dedup, embed_cfg, recipe.nli, pairs, prog, store=texts)
+                out["dedup"] = dedup(wd, recipe.dedup, embed_cfg, recipe.nli, pairs, prog, store=texts,
+                                     backend=pool)
                 manifest.record_stage("dedup", out["dedup"])
             if parse is not None:
                 out["parse"] = parse.result()

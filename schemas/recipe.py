@@ -230,13 +230,20 @@ class DedupConfig(_Strict):
     across_sources: float | None = Field(
         0.98, ge=0.0, le=1.0, description="Cosine at or above which paraphrases of different sources are duplicates.")
     neighbors: int = Field(16, ge=1, le=1024, description="Nearest neighbours searched per paraphrase (corpus).")
-    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
-        "auto", description="auto = exact flat search up to exact_max vectors, ivf above. ivf: FAISS inverted lists "
-        "over 8-bit coded vectors (memory: one byte per dimension), every candidate re-scored exactly; its recall "
-        "against exact search is measured on a sample and recorded.")
+    index: Literal["auto", "flat", "ivf", "hnsw", "kmeans"] = Field(
+        "auto", description="auto = exact flat search up to exact_max vectors, above it ivf (backend local) or "
+        "kmeans (backend ray). ivf: FAISS inverted lists over 8-bit coded vectors (memory: one byte per dimension), "
+        "every candidate re-scored exactly. kmeans: k-means clusters, each searched exactly in its own task (on "
+        "the backend's workers: no process holds every vector). The recall of ivf and kmeans against exact search "
+        "is measured on a sample and recorded.")
     exact_max: int = Field(20_000, ge=1, description="Largest corpus searched all-against-all (index: auto).")
     ivf_lists: int | None = Field(None, ge=1, description="ivf: number of clusters; empty = about 4 x sqrt(n).")
     ivf_probe: int = Field(16, ge=1, description="ivf: clusters searched per query (more = higher recall, slower).")
+    kmeans_clusters: int | None = Field(
+        None, ge=1, description="kmeans: clusters (one search task each); empty = one per 50,000 vectors. With one "
+        "cluster the search is the exact flat one.")
+    kmeans_probe: int = Field(2, ge=1, description="kmeans: nearest clusters each vector is searched in (more = "
+                              "higher recall across cluster borders, more work).")
     recall_sample: int = Field(1000, ge=0, description="Queries checked against exact search when the index is "
                                "approximate (0 = do not measure).")
     nli_graph: bool = Field(False, description="Method B's graph dedup; needs nli.model.")
