@@ -1,11 +1,12 @@
-"""The Ray backend: the per-partition stages (parse, score) on a Ray cluster, through Ray Data, with the local
-backend's operators and the same tables.
+"""The Ray backend: the stages' tasks (local teacher batches, embedding and NLI chunks, the exact dedup's hash
+partitions and the kmeans search's clusters, parse tasks, score partitions) on a Ray cluster, through Ray Data,
+with the local backend's operators and the same tables.
 
-A stage hands the backend a plan (one row per text or pair, an integer column naming each row's task) and an
-operator `fn(ctx, rows) -> frame`. The plan is written as parquet under the workdir, which every node sees; Ray
-Data reads it (`read_parquet`), groups it by task and maps each group with an actor pool whose actors load
-their models once (`map_groups`); the driver gets each task's rows back and writes them as shards of the same
-workdir table the local backend writes, so resume, SQL, the report and export are unchanged.
+A stage hands the backend a plan (one row per text, pair or vector, an integer column naming each row's task)
+and an operator `fn(ctx, rows) -> frame`. The plan is written as parquet under the workdir, which every node
+sees, one file per task; Ray Data reads it (`read_parquet`) and maps each task with an actor pool whose actors
+load their models once (`map_batches`); the driver gets each task's rows back and writes them as shards of the
+same workdir table the local backend writes, so resume, SQL, the report and export are unchanged.
 """
 
 from __future__ import annotations

@@ -264,8 +264,9 @@ class ExecutionConfig(_Strict):
         "core of this machine, 1 = everything in this process. With backend ray: actors per stage (auto = the "
         "cluster's CPUs).")
     backend: Literal["local", "ray"] = Field(
-        "local", description="Where the per-partition stages (parse, score) run: local = a process pool on this "
-        "machine; ray = Ray Data actor pools on a Ray cluster (pip install 'paradistill[ray]'). Same tables.")
+        "local", description="Where the stages run: local = this process and a process pool on this machine; "
+        "ray = Ray Data actor pools on a Ray cluster (local teacher, embed, NLI, dedup, parse, score; pip install "
+        "'paradistill[ray]'). Same tables.")
     ray_address: str | None = Field(
         None, description="backend ray: the cluster to join (auto = the one `ray start` runs here, or "
         "ray://HOST:PORT); none = start a local Ray instance sized to this machine.")

@@ -219,6 +219,128 @@ def test_the_ray_backend_gives_the_tables_of_one_pass(imported, one_pass, tmp_pa
     assert not list((root / "state" / "ray").glob("plan-*"))  # the plans are removed once read
 
 
+def _links(root: Path) -> pl.DataFrame:
+    return Workdir(root).read_current("dedup_links").drop("dedup_id", "index").sort("pair_id")
+
+
+def test_kmeans_search_is_the_flat_search_with_one_cluster_and_reaches_its_recall_with_several(
+        one_pass, tmp_path, ray_local):
+    """Corpus-wide semantic dedup spread over tasks: one cluster gives the flat search's links exactly; four
+    clusters at a lower threshold (many cross-source links) reach recall >= 0.95 against exact search, and the
+    local pool runs the same plan to the same links."""
+    from pipelines.pool import Pool
+    from pipelines.steps.dedup import dedup
+
+    root = tmp_path / "one-cluster"
+    shutil.copytree(one_pass, root)  # its vectors are reused; the dedup runs again (another dedup id)
+    r = recipe(200, 2)
+    r.execution.backend, r.dedup.index, r.dedup.kmeans_clusters = "ray", "kmeans", 1
+    res = runner.curate(root, r, upto="dedup", progress=False)
+    assert res["dedup"]["search"]["label"] == "kmeans:clusters=1,probe=1" and res["dedup"]["removed"]["exact"] > 0
+    assert _links(root).equals(_links(one_pass))
+    got = {}
+    for name in ("ray", "pool"):
+        r = recipe(200, 2)
+        r.dedup.index, r.dedup.kmeans_clusters, r.dedup.across_sources = "kmeans", 4, 0.85
+        root = tmp_path / name
+        shutil.copytree(one_pass, root)
+        if name == "ray":
+            r.execution.backend = "ray"
+            search = runner.curate(root, r, upto="dedup", progress=False)["dedup"]["search"]
+            assert search["clusters"] == 4 and search["recall_exact_links"] >= 30 and search["recall"] >= 0.95
+        else:
+            with Workdir(root) as wd, Pool(2) as pool:
+                ids = runner.unique_pairs(wd, texts=False)
+                dedup(wd, r.dedup, r.embed, r.nli, ids, backend=pool)
+        got[name] = _links(root)
+    assert got["ray"].height > _links(one_pass).height and got["ray"].equals(got["pool"])
+
+
+def test_nli_on_ray_actors_gives_the_probabilities_of_this_process(imported, tmp_path, ray_local, monkeypatch):
+    from pipelines.ray_backend import RayBackend
+    from pipelines.steps import nli
+    from schemas.recipe import ExecutionConfig, NLIConfig
+    from tests.nli_fixture import build_tiny_nli
+
+    monkeypatch.setattr(nli, "CHUNK", 50)  # several actor tasks
+    cfg = NLIConfig(model=str(build_tiny_nli(tmp_path / "tiny")))
+    pairs = Workdir(imported).read("candidates").head(120).select(
+        pl.col("source_id"), pl.col("pair_id").alias("candidate_id"), pl.lit("The cat sat.").alias("source"),
+        pl.col("paraphrase"))
+    probs = {}
+    for name in ("here", "ray"):
+        root = tmp_path / name
+        shutil.copytree(imported, root)
+        with Workdir(root) as wd:
+            backend = RayBackend(ExecutionConfig(backend="ray"), root / "state" / "ray") if name == "ray" else None
+            probs[name] = nli.both_directions(wd, cfg, pairs, backend=backend)
+    for a, b in zip(probs["here"], probs["ray"], strict=True):
+        assert a.size == 120 and np.array_equal(a, b)
+    caches = [Workdir(tmp_path / n).read("nli_cache").sort("premise_id", "hypothesis_id") for n in ("here", "ray")]
+    assert caches[0].height == 240 and caches[0].equals(caches[1])
+
+
+def test_a_ray_run_killed_mid_score_resumes_and_embeds_nothing_twice(imported, one_pass, tmp_path, ray_local):
+    """A driver on the session's Ray instance SIGKILLed mid-score; the rerun ends with the one-pass tables and
+    neither embeds nor parses a text again."""
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    address = ray_local.get_runtime_context().gcs_address
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PARADISTILL_PROGRESS": "plain"}
+    cmd = [sys.executable, "-m", "pipelines.cli", "curate", "-w", str(root), "-r", "diverse",
+           "--partition-size", "64", "--workers", "2", "--ray-address", address]
+    _kill_when(cmd, lambda: _shards(root, "scores", "part-set-*-*-*.parquet") >= 2, env, timeout=400)
+    embedded = Workdir(root).count("embeddings")
+    assert embedded > 0
+    r = recipe(64, 2)
+    r.execution.backend = "ray"
+    res = runner.curate(root, r, progress=False)
+    assert res["embed"]["embedded"] == 0 and res["score"]["parse"]["parsed"] == 0
+    assert res["score"]["partitions_reused"] >= 2
+    wd = Workdir(root)
+    assert wd.count("embeddings") == embedded and wd.read("embeddings").get_column("text_id").is_unique().all()
+    assert_same_tables(root, one_pass)
+
+
+CLUSTER_SCRIPT = """
+import sys
+from pathlib import Path
+from ray.cluster_utils import Cluster
+from pipelines import runner
+from tests.test_partitions import recipe
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * 1024 ** 2,
+                                                        "include_dashboard": False})
+cluster.add_node(num_cpus=2, object_store_memory=80 * 1024 ** 2)
+cluster.wait_for_nodes()
+r = recipe(200, "auto")
+r.execution.backend, r.execution.ray_address = "ray", cluster.address
+try:
+    runner.curate(Path(sys.argv[1]), r, progress=False)
+    import ray
+    print("nodes", sum(1 for n in ray.nodes() if n["Alive"]), "cpus", int(ray.cluster_resources()["CPU"]))
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_two_node_ray_cluster_gives_the_tables_of_one_pass(imported, one_pass, tmp_path):
+    """A `ray.cluster_utils.Cluster` of two nodes (its own processes, beside the session's instance): the run
+    joins it by address and writes the one-pass tables."""
+    root = tmp_path / "wd"
+    shutil.copytree(imported, root)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, str(root)], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nodes 2 cpus 4" in proc.stdout
+    assert_same_tables(root, one_pass)
+    vectors = [Workdir(r).read("embeddings").sort("text_id") for r in (root, one_pass)]
+    assert vectors[0].equals(vectors[1])
+
+
 def test_the_ray_backend_without_ray_installed_is_one_line(imported, tmp_path, monkeypatch):
     from schemas.errors import RecipeError
 

@@ -57,8 +57,8 @@ def entailment(wd: Workdir, cfg: NLIConfig, premises: pl.DataFrame, progress=Non
     cached = (wd.scan("nli_cache").filter(pl.col("model_id") == mid)
               .select("premise_id", "hypothesis_id", "entailment").collect()
               .unique(["premise_id", "hypothesis_id"], keep="first"))
-    todo = (premises.unique(["premise_id", "hypothesis_id"], keep="first")
-            .join(cached, on=["premise_id", "hypothesis_id"], how="anti"))
+    todo = (premises.unique(["premise_id", "hypothesis_id"], keep="first", maintain_order=True)  # fixed chunks
+            .join(cached, on=["premise_id", "hypothesis_id"], how="anti", maintain_order="left"))
     task = progress.add_task(label, total=todo.height, unit="pairs") if (progress and todo.height) else None
     ctx = {"model": (cfg.model, cfg.device, cfg.dtype), "batch_size": cfg.batch_size, "max_length": cfg.max_length}
     if distributed:
