@@ -44,6 +44,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import polars as pl  # noqa: E402
 
 from bench import synthetic  # noqa: E402
+from bench.table import print_table as print_rows  # noqa: E402
 
 RECIPE = ROOT / "pipelines" / "recipes" / "diverse.yaml"
 SET_COLUMNS = ["score_set", "filter_id"]
@@ -162,10 +163,7 @@ def print_table(rows: list[dict], pairs: int) -> None:
               fmt(r["pairs_per_s"], ",.0f"), fmt(r["speedup"], ".2f", "x"), fmt(r["efficiency"], ".0%"),
               fmt(r["score_speedup"], ".2f", "x"), fmt(r["score_efficiency"], ".0%"), fmt(r["vs_local"], ".2f", "x")]
              for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
-    print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
-    for row in table:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print_rows(head, table)
     print("(parse and metrics are parts of score, the stage on Ray; speed-up and efficiency against 1 Ray worker; "
           "x local: the local backend's curate seconds / this row's)")
 

@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the weights-loading bar of every subprocess
 
 import synthetic  # noqa: E402
+from table import print_table  # noqa: E402
 
 RECIPE = ROOT / "pipelines" / "recipes" / "diverse.yaml"
 RSS_TARGET_GB = 4.0
@@ -264,10 +265,7 @@ def print_sizes(rows: list[dict], ref: dict | None) -> None:
                       f"{r['pairs_per_s']:,.0f}", f"{r['texts_per_s']:,.0f}", f"{ratio:.2f}x" if ratio else "-",
                       f"{r['peak_rss_gb']:.2f}", f"{r['peak_pss_gb']:.2f}" if r["peak_pss_gb"] else "-",
                       f"{r['growth']:.2f}x"])
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
-    print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
-    for row in table:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print_table(head, table)
     print("(RSS/PSS GB: peak of the import + curate process and its workers, summed; RSS counts shared pages once "
           "per process, PSS shares them out)")
     if any(s.endswith("*") for s in stage_cols):

@@ -88,7 +88,8 @@ def ingest(paths: list[str], workdir: str | Path, text_column: str = "text", spl
 
 def _teacher_backend(wd: Workdir, execution: ExecutionConfig | None):
     """Where the local teacher and the contextual sampler sample: a Ray backend with `execution.backend: ray`,
-    else None (this process, as ever)."""
+    else None (this process, as ever). Held around a whole `run`, it keeps one Ray instance for every stage (the
+    stages' own backends join it)."""
     if execution is None or execution.backend != "ray":
         return nullcontext(None)
     return open_backend(execution, wd.root / "state" / "ray")
@@ -312,7 +313,8 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         raise RecipeError(f"recipe {recipe.name!r}: field sources: list at least one input")
     target = workdir or recipe.workdir
     result: dict = {"recipe": recipe.name, "workdir": str(Path(target).resolve())}
-    with _session(target, f"run {recipe.name}", recipe, progress) as (wd, manifest, prog):
+    with (_session(target, f"run {recipe.name}", recipe, progress) as (wd, manifest, prog),
+          _teacher_backend(wd, recipe.execution)):  # on Ray: one instance for the teacher and the curation
         result["run_id"] = manifest.run_id
         if recipe.sources:
             stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)

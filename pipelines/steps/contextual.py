@@ -36,7 +36,7 @@ from curation.teachers.contextual import (
     trim_context,
 )
 from curation.text import request_id
-from pipelines.steps.generate import _batch_seed, actor_gpus, portable_ref
+from pipelines.steps.generate import _batch_seed, portable_ref
 from pipelines.store import Workdir
 from schemas.errors import RecipeError
 from schemas.recipe import ContextualTeacherConfig
@@ -164,7 +164,7 @@ class _Batches:
                           for i, seed, reqs in batches])
         ctx = {"model": portable_ref(self.cfg.model), "dtype": self.sampler.dtype, "model_id": self.sampler.model_id,
                "sampling": sampling}
-        for i, out in self.backend.map_groups(_sample_rows, ctx, plan, "batch", num_gpus=actor_gpus()):
+        for i, out in self.backend.map_groups(_sample_rows, ctx, plan, "batch", num_gpus=1 if self.backend.gpus else 0):
             samples = [Sample(*r) for r in out.select("text", "prompt_tokens", "completion_tokens",
                                                       "finish_reason").iter_rows()]
             yield todo[i], samples, float(out["latency_s"][0])

@@ -69,14 +69,6 @@ def portable_ref(ref: str | None) -> str | None:
     return str(Path(ref).resolve()) if ref and Path(ref).exists() else ref
 
 
-def actor_gpus() -> int:
-    """GPUs per teacher actor: one when the Ray cluster has GPUs (the local teacher samples on CUDA wherever it
-    is available), else none."""
-    import ray
-
-    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-
-
 def _complete_here(teacher: LocalTeacher, template: PromptTemplate, n_ask: int, sampling: dict,
                    batches: Iterable[tuple[int, int, pl.DataFrame]]) -> Iterator[tuple[pl.DataFrame, list, float]]:
     """(requests, completions, seconds) of each batch, sampled in this process, in plan order."""
@@ -118,7 +110,7 @@ def _complete_on_ray(backend, teacher: LocalTeacher, cfg: TeacherConfig, templat
     ctx = {"model": portable_ref(cfg.model), "dtype": teacher.dtype,
            "adapter": str(teacher.adapter) if teacher.adapter else None, "model_id": teacher.model_id,
            "sampling": sampling}
-    for i, out in backend.map_groups(_complete_rows, ctx, plan, "batch", num_gpus=actor_gpus()):
+    for i, out in backend.map_groups(_complete_rows, ctx, plan, "batch", num_gpus=1 if backend.gpus else 0):
         completions = [Completion(*r) for r in out.select("raw_output", "prompt_tokens", "completion_tokens",
                                                           "finish_reason").iter_rows()]
         yield todo[i][1], completions, float(out["latency_s"][0])
