@@ -4,8 +4,9 @@ with the local backend's operators and the same tables.
 
 A stage hands the backend a plan (one row per text, pair or vector, an integer column naming each row's task)
 and an operator `fn(ctx, rows) -> frame`. The plan is written as parquet under the workdir, which every node
-sees, one file per task; Ray Data reads it (`read_parquet`) and maps each task with an actor pool whose actors
-load their models once (`map_batches`); the driver gets each task's rows back and writes them as shards of the
+sees, one file per task; a Ray Data dataset of the task files (`from_items`: no file-listing task, which would
+need a CPU an actor may hold) is mapped by an actor pool whose actors read their task's file and load their
+models once (`map_batches`); the driver gets each task's rows back and writes them as shards of the
 same workdir table the local backend writes, so resume, SQL, the report and export are unchanged.
 """
 
@@ -25,7 +26,6 @@ from schemas.errors import RecipeError, WorkerDied
 from schemas.recipe import ExecutionConfig
 
 MB = 1024 ** 2
-ROW = "__plan_row__"  # a plan row's place, so an actor sees its task's rows in plan order after the shuffle
 COUNT = "__task_rows__"  # how many rows a task's result has, so the driver knows when it holds all of them
 
 
@@ -52,28 +52,26 @@ def _object_store_bytes(cfg: ExecutionConfig) -> int:
 
 
 class _GroupActor:
-    """Tasks' rows -> the operator's results (a Ray Data actor: `fn` loads its models once per actor). A batch is
-    one plan file, so one whole task; a task whose rows arrive split would be scored wrongly, so it fails."""
+    """Task files -> the operator's results (a Ray Data actor: `fn` loads its models once per actor). A batch
+    names plan files on the shared workdir, each one whole task, which the actor reads itself."""
 
-    def __init__(self, fn: Callable, ctx: dict, group: str, sizes: dict[int, int], threads: int | None = None):
-        self.fn, self.ctx, self.group, self.sizes = fn, ctx, group, sizes
+    def __init__(self, fn: Callable, ctx: dict, group: str, threads: int | None = None):
+        self.fn, self.ctx, self.group = fn, ctx, group
         if threads:  # a model stage: torch's thread count, which its float results can depend on
             import torch
 
             torch.set_num_threads(threads)
 
-    def __call__(self, batch):
-        rows = pl.from_arrow(batch)
-        assert isinstance(rows, pl.DataFrame)
+    def __call__(self, batch: dict) -> dict:
         outs = []
-        for (g,), part in rows.partition_by(self.group, as_dict=True, maintain_order=True).items():
-            if part.height != self.sizes[g]:
-                raise RuntimeError(f"task {g} arrived with {part.height} of its {self.sizes[g]} rows")
-            out = self.fn(self.ctx, part.sort(ROW).drop(self.group, ROW))
+        for path in batch["path"]:
+            rows = pl.read_parquet(str(path))
+            g = int(rows.get_column(self.group)[0])
+            out = self.fn(self.ctx, rows.drop(self.group))
             n = out.height  # an empty result travels as one null row, so its task is reported done too
             outs.append((out if n else out.clear(1)).with_columns(pl.lit(g, pl.Int64).alias(self.group),
                                                                    pl.lit(n, pl.Int64).alias(COUNT)))
-        return pl.concat(outs).to_arrow(compat_level=pl.CompatLevel.oldest())
+        return pl.concat(outs, how="vertical_relaxed").to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 class RayBackend:
@@ -123,23 +121,24 @@ class RayBackend:
             return
         import ray
 
-        expected = dict(plan.group_by(group).len().iter_rows())
         folder = self.scratch / f"plan-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
-        plan = plan.with_row_index(ROW).with_columns(pl.col(group).cast(pl.Int64))
+        plan = plan.with_columns(pl.col(group).cast(pl.Int64))
         keys, bounds = group_bounds(plan, group)
-        for g, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True):  # one file per task: one block, one batch
-            plan.slice(int(a), int(b - a)).write_parquet(folder / f"task-{g:08d}.parquet")
-        # the pool grows from one actor: one that took every CPU first would leave none for listing and reading
-        # the plan (a deadlock on a 2-CPU instance)
+        files = []
+        for g, a, b in zip(keys, bounds[:-1], bounds[1:], strict=True):  # one file per task, in plan order
+            files.append(str(folder / f"task-{g:08d}.parquet"))
+            plan.slice(int(a), int(b - a)).write_parquet(files[-1])
         fits = self.cpus // max(num_cpus, threads or 0) if num_cpus or threads else len(keys)
         if num_gpus:
             fits = min(fits, self.gpus // num_gpus)
+        # the pool grows from one actor as tasks queue; the task list is made here, not by a file-listing task, which
+        # would need a CPU an actor may hold (a deadlock on a 1-CPU instance)
         actors = ray.data.ActorPoolStrategy(min_size=1, max_size=int(max(1, min(self.workers, len(keys), fits))))
         try:
-            ds = (ray.data.read_parquet(str(folder), override_num_blocks=len(keys))
-                  .map_batches(_GroupActor, fn_constructor_args=(fn, ctx, group, expected, threads), batch_size=None,
-                               batch_format="pyarrow", compute=actors, num_cpus=num_cpus, num_gpus=num_gpus))
+            ds = (ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+                  .map_batches(_GroupActor, fn_constructor_args=(fn, ctx, group, threads), batch_size=1,
+                               batch_format="numpy", compute=actors, num_cpus=num_cpus, num_gpus=num_gpus))
             got: dict[int, list[pl.DataFrame]] = {}
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 frame = pl.from_arrow(batch)
