@@ -33,13 +33,18 @@ LABELS = {"cosine": "cosine (source)", "wpd": "WPD", "ld": "LD", "ted_3": "TED-3
 
 
 def load_student(loadable: str, adapter: str, fmt: StudentFormat):
-    """Base model with the adapter merged in (faster decoding), the adapter's tokenizer, in eval mode."""
+    """Base model (pruned as the student was, when it was) with the adapter merged in (faster decoding), the
+    adapter's tokenizer, in eval mode."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from training.prune import apply_pruning
+
     cls = AutoModelForSeq2SeqLM if fmt.arch == "seq2seq" else AutoModelForCausalLM
     base = cls.from_pretrained(loadable)
+    if fmt.options.get("pruned"):
+        apply_pruning(base, fmt.options["pruned"])
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     tok = AutoTokenizer.from_pretrained(adapter)
     if tok.pad_token is None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -129,15 +130,26 @@ def _for_generation(model, tok, padding_side: str):
 
 
 @functools.lru_cache(maxsize=2)
-def load_student_lm(loadable: str, dtype: str, adapter: str, arch: str):
-    """A trained student as a teacher: base model with its LoRA adapter merged, the adapter's tokenizer."""
+def load_student_lm(loadable: str, dtype: str, adapter: str, arch: str, prune: Callable | None = None):
+    """A trained student as a teacher: base model with its LoRA adapter merged, the adapter's tokenizer.
+
+    A student made by keeping some of its base model's layers (`options["pruned"]` in its student.json) needs
+    that pruning replayed on the base before its adapter loads: `prune(model, provenance)` does it (the caller
+    passes `training.prune.apply_pruning`; curation does not import the trainer)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    fmt = read_student(adapter)
+    pruned = fmt.options.get("pruned") if fmt else None
+    if pruned and prune is None:
+        raise RecipeError(f"teacher.adapter: {adapter} is a student pruned from its base model; load it with "
+                          "LocalTeacher(..., prune=training.prune.apply_pruning)")
     cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
     try:
         base = cls.from_pretrained(loadable)
+        if pruned:
+            prune(base, pruned)
         model = PeftModel.from_pretrained(base, adapter).merge_and_unload().to(getattr(torch, dtype))
         tok = AutoTokenizer.from_pretrained(adapter)
     except (OSError, ValueError) as e:
@@ -171,7 +183,9 @@ class LocalTeacher:
 
     kind = "local"
 
-    def __init__(self, model_ref: str | None = None, dtype: str = "auto", adapter: str | None = None):
+    def __init__(self, model_ref: str | None = None, dtype: str = "auto", adapter: str | None = None,
+                 prune: Callable | None = None):
+        self.prune = prune  # replays a pruned student's layer pruning on its base (training.prune.apply_pruning)
         self.adapter = Path(adapter) if adapter else None
         self.student = read_student(self.adapter) if self.adapter else None
         if self.adapter and self.student is None:
@@ -185,7 +199,7 @@ class LocalTeacher:
 
     def _loaded(self):
         if self.student:
-            return load_student_lm(self._loadable, self.dtype, str(self.adapter), self.student.arch)
+            return load_student_lm(self._loadable, self.dtype, str(self.adapter), self.student.arch, self.prune)
         return load_causal_lm(self._loadable, self.dtype)
 
     @property

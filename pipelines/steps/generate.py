@@ -27,6 +27,7 @@ from curation.text import request_id
 from pipelines.store import Workdir
 from pipelines.student import resolve_adapter
 from schemas.recipe import TeacherConfig
+from training.prune import apply_pruning
 
 
 def sampling_params(cfg: TeacherConfig, template: PromptTemplate, dtype: str) -> dict:
@@ -81,7 +82,7 @@ def _complete_here(teacher: LocalTeacher, template: PromptTemplate, n_ask: int, 
 @functools.lru_cache(maxsize=2)
 def _actor_teacher(model: str | None, dtype: str, adapter: str | None) -> LocalTeacher:
     """The teacher of a Ray actor, made once per process (its weights load on the first batch)."""
-    return LocalTeacher(model, dtype, adapter)
+    return LocalTeacher(model, dtype, adapter, prune=apply_pruning)
 
 
 def _complete_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
@@ -120,7 +121,8 @@ def generate(wd: Workdir, cfg: TeacherConfig, run_id: str, progress=None, backen
     """Run every planned request not yet stored; returns counts, tokens and timings. `backend`: a Ray backend
     whose actors sample the batches, or None (this process samples them)."""
     t0 = time.perf_counter()
-    teacher = LocalTeacher(cfg.model, cfg.dtype, resolve_adapter(cfg.adapter) if cfg.adapter else None)
+    teacher = LocalTeacher(cfg.model, cfg.dtype, resolve_adapter(cfg.adapter) if cfg.adapter else None,
+                           prune=apply_pruning)  # a pruned student as teacher: its base pruned alike
     template = student_template(teacher.student.template) if teacher.student else load_template(cfg.prompt)
     sources = wd.read("sources").select("source_id", "text").sort("source_id")
     if cfg.limit:
