@@ -515,6 +515,15 @@ def train(
     eval_every: Annotated[int | None, typer.Option(help="Validation loss every N steps (20).")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (20).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (0).")] = None,
+    teacher_model: Annotated[str | None, typer.Option(
+        help="Distil from this teacher (path or Hub id; 'default' = the embedded SmolLM2) with --kd word.")] = None,
+    teacher_adapter: Annotated[str | None, typer.Option(help="A LoRA adapter on the teacher.")] = None,
+    kd: Annotated[str | None, typer.Option(help="seq (the exported text) | word (the teacher's distributions).")
+                  ] = None,
+    kd_temperature: Annotated[float | None, typer.Option(help="Word-level KD temperature (1).")] = None,
+    joint_teaching: Annotated[float | None, typer.Option(help="Share of steps on the student's own samples (0).")
+                              ] = None,
+    student_layers: Annotated[int | None, typer.Option(help="Keep this many of the base model's layers.")] = None,
 ) -> None:
     """Train a LoRA student on an exported dataset; rerun the same command to resume from its last checkpoint.
 
@@ -526,7 +535,12 @@ def train(
     given = {"model": model, "arch": arch, "template": template, "rank": rank, "alpha": alpha, "dropout": dropout,
              "target_modules": target_modules.split(",") if target_modules else None, "learning_rate": learning_rate,
              "epochs": epochs, "max_steps": steps, "batch_size": batch_size, "max_length": max_length,
-             "targets": targets, "eval_every": eval_every, "save_every": save_every, "seed": seed}
+             "targets": targets, "eval_every": eval_every, "save_every": save_every, "seed": seed,
+             "student_layers": student_layers}
+    kd_given = {"model": None if teacher_model == "default" else teacher_model, "adapter": teacher_adapter, "kd": kd,
+                "kd_temperature": kd_temperature, "joint_teaching": joint_teaching}
+    if teacher_model or any(v is not None for v in kd_given.values()):
+        given["teacher"] = {k: v for k, v in kd_given.items() if v is not None}
     cfg = _options(TrainConfig, given, "paradistill train")
     _print_training(student.train(dataset, cfg, output, revision))
 

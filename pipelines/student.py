@@ -61,6 +61,12 @@ def train(dataset: str, config: TrainConfig | None = None, output: str | Path | 
     out = Path(output) if output else default_output(dataset, ref.version)
     base_ref = str(Path(cfg.model).resolve()) if cfg.model and Path(cfg.model).exists() else cfg.model
     base_model, loadable = resolve_model(base_ref)
+    teacher = None
+    if cfg.teacher is not None and cfg.teacher.kd == "word":
+        t_ref = cfg.teacher.model
+        t_ref = str(Path(t_ref).resolve()) if t_ref and Path(t_ref).exists() else t_ref
+        adapter = resolve_adapter(cfg.teacher.adapter) if cfg.teacher.adapter else None
+        teacher = (*resolve_model(t_ref), adapter)
     own = progress is True
     bar = make_progress() if own else (progress or None)
     task = bar.add_task("train", total=None, unit="steps") if bar else None
@@ -72,7 +78,7 @@ def train(dataset: str, config: TrainConfig | None = None, output: str | Path | 
     if own:
         bar.start()
     try:
-        result = train_student(loadable, base_model, base_ref, frames, ref, cfg, out, on_step)
+        result = train_student(loadable, base_model, base_ref, frames, ref, cfg, out, on_step, teacher)
     finally:
         if own:
             bar.stop()

@@ -389,6 +389,32 @@ DEFAULT_CAUSAL_TEMPLATE = "Rewrite the sentence with other words, keeping its me
 DEFAULT_SEQ2SEQ_TEMPLATE = "paraphrase: {text}"
 
 
+class KDTeacherConfig(_Strict):
+    """The teacher a student distils from during training (`train.teacher`, `paradistill train --teacher-model`)."""
+
+    model: str | None = Field(None, description="Teacher path or Hub id; empty = the embedded SmolLM2-135M. It must "
+                              "share the student's tokenizer for kd: word.")
+    adapter: str | None = Field(None, description="A LoRA adapter on the teacher (e.g. a trained student folder).")
+    kd: Literal["seq", "word"] = Field(
+        "seq", description="seq = learn the teacher's exported text (sequence-level KD, no teacher at training "
+        "time); word = match the teacher's next-token distribution on every target token (word-level KD).")
+    kd_temperature: float = Field(1.0, gt=0.0, le=20.0, description="kd: word: softmax temperature T (loss x T^2).")
+    joint_teaching: float = Field(
+        0.0, ge=0.0, le=1.0, description="kd: word: share of steps whose targets are the student's own samples, "
+        "scored by the teacher (Joint-Teaching; 0.5 in the paper).")
+    sample_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Joint-Teaching: the student's top-p.")
+    sample_temperature: float = Field(1.0, gt=0.0, le=5.0, description="Joint-Teaching: the student's temperature.")
+    sample_max_new_tokens: int = Field(48, ge=1, le=1024, description="Joint-Teaching: tokens per student sample.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Teacher weights: auto = bfloat16 on CUDA, float32 on CPU (its logits are the targets).")
+
+    @model_validator(mode="after")
+    def _word_for_jt(self):
+        if self.joint_teaching > 0 and self.kd != "word":
+            raise ValueError("joint_teaching needs kd: word (the teacher scores the student's samples)")
+        return self
+
+
 class TrainConfig(_Strict):
     """LoRA fine-tuning of a student on an exported dataset (`paradistill train`, or a recipe's `train:`)."""
 
@@ -417,6 +443,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Autocast dtype: auto = bfloat16 (CPU and bf16-capable GPUs), else float32.")
+    teacher: KDTeacherConfig | None = Field(
+        None, description="Distil from a teacher model while training (kd: word, Joint-Teaching); none = learn the "
+        "exported pairs (sequence-level KD).")
+    student_layers: int | None = Field(
+        None, ge=1, description="Build the student from the base model with this many of its layers, evenly "
+        "spaced (a smaller student sharing the tokenizer); none = all layers.")
 
     @field_validator("template")
     @classmethod

@@ -46,3 +46,32 @@ def build_tiny_t5(folder: Path, texts: list[str]) -> Path:
     T5ForConditionalGeneration(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def _word_tokenizer(texts: list[str], extra: set[str], single: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w for t in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(words | extra))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_llama(folder: Path, texts: list[str], seed: int = 0, layers: int = 4) -> Path:
+    """A tiny Llama-style causal LM (random weights, `seed`) and a word-level tokenizer over `texts`, saved to
+    `folder`: two built over the same texts share one tokenizer (word-level KD needs that)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _word_tokenizer(texts, {"Paraphrase", ":", "Rewrite", "this", "sentence"}, "$A")
+    config = LlamaConfig(vocab_size=len(tok) + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+                         eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)  # 3 unused embedding rows
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -25,6 +25,7 @@ from schemas.errors import RecipeError, StateError, first_line
 from schemas.recipe import DEFAULT_CAUSAL_TEMPLATE, DEFAULT_SEQ2SEQ_TEMPLATE, TrainConfig
 from schemas.student import STUDENT_FILE, StudentFormat, read_student
 from training.data import DatasetRef, epoch_examples, examples_per_epoch
+from training.prune import prune_student
 
 RUN_FILE = "run.json"
 IGNORE = -100
@@ -186,6 +187,14 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _pruned_line(pruned: dict | None) -> str:
+    if not pruned:
+        return ""
+    stacks = "; ".join(f"{name}: {len(v['kept'])} of {v['from']} layers (kept {v['kept']})"
+                       for name, v in pruned["stacks"].items())
+    return f", pruned to a smaller student: {stacks}"
+
+
 def _card(fmt: StudentFormat) -> str:
     opts = "\n".join(f"| {k} | {v} |" for k, v in fmt.options.items())
     losses = fmt.losses
@@ -200,10 +209,10 @@ def _card(fmt: StudentFormat) -> str:
 
 # Paraphrase student (LoRA)
 
-A LoRA adapter trained by [paradistill](https://pypi.org/project/paradistill/) on teacher paraphrases
-(sequence-level knowledge distillation).
+A LoRA adapter trained by [paradistill](https://pypi.org/project/paradistill/) on teacher paraphrases:
+{fmt.options.get("kd") or kd_description(TrainConfig(), None)}.
 
-- base model: `{fmt.base_model}` ({fmt.arch})
+- base model: `{fmt.base_model}` ({fmt.arch}){_pruned_line(fmt.options.get("pruned"))}
 - dataset: `{fmt.dataset}` version `{fmt.dataset_version or '-'}` (revision `{fmt.dataset_revision or '-'}`)
 - steps: {fmt.steps}
 - validation loss: {_num(losses.get('val_step0'))} at step 0 -> {_num(losses.get('val_final'))} at the end;
@@ -229,10 +238,73 @@ or as a teacher of the next round: `teacher: {{kind: local, adapter: THIS_FOLDER
 """
 
 
+def kd_description(cfg: TrainConfig, teacher_model: str | None) -> str:
+    """One line for the card: which distillation trained this student."""
+    t = cfg.teacher
+    if t is None or t.kd == "seq":
+        return "sequence-level knowledge distillation (the teacher's exported paraphrases as targets)"
+    jt = f", Joint-Teaching on {t.joint_teaching:.0%} of steps" if t.joint_teaching else ""
+    return f"word-level knowledge distillation from `{teacher_model}` (T = {t.kd_temperature:g}{jt})"
+
+
+def load_teacher(loadable: str, ref: str, arch: str, adapter: Path | None, dtype: str, device: str, student_tok):
+    """The word-level KD teacher, frozen in eval mode (float32 on CPU, bfloat16 on CUDA unless `dtype` says), with
+    its adapter if any, and the vocabulary it shares with the student (a different tokenizer is refused)."""
+    import torch
+
+    from training.kd import check_tokenizers
+
+    model, tok = load_base(loadable, arch)
+    vocab = check_tokenizers(student_tok, tok, ref)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(reload_pruned(model, adapter), str(adapter)).merge_and_unload()
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    model.requires_grad_(False)
+    return model, vocab
+
+
+def reload_pruned(model, adapter: Path):
+    """`model` with the layers a pruned student's `student.json` recorded (unchanged for an unpruned one)."""
+    fmt = read_student(adapter)
+    pruned = (fmt.options.get("pruned") if fmt else None)
+    if pruned:
+        from training.prune import apply_pruning
+
+        apply_pruning(model, pruned)
+    return model
+
+
+def _kd_loss(model, teacher, vocab: int, batch: dict, arch: str, cfg: TrainConfig, device: str, step: int, tok):
+    """One step's word-level KD loss: KL(teacher || student) on the batch's targets, or on the student's own
+    sample on a Joint-Teaching step."""
+    import torch
+
+    from training.kd import on_policy_batch, on_policy_step, word_kd_loss
+
+    t = cfg.teacher
+    if on_policy_step(cfg.seed, step, t.joint_teaching):
+        batch = on_policy_batch(model, tok, batch, causal=arch == "causal", top_p=t.sample_top_p,
+                                temperature=t.sample_temperature, max_new_tokens=t.sample_max_new_tokens,
+                                seed=cfg.seed * 1_000_003 + step)
+    with torch.no_grad(), _autocast(cfg.dtype, device):
+        t_logits = teacher(**batch).logits
+    with _autocast(cfg.dtype, device):
+        s_logits = model(**batch).logits
+    return word_kd_loss(s_logits, t_logits, batch["labels"], causal=arch == "causal", vocab=vocab,
+                        temperature=t.kd_temperature)
+
+
 def train_student(loadable: str, base_model: str, base_ref: str | None, frames: dict[str, pl.DataFrame],
                   data: DatasetRef, cfg: TrainConfig, out: Path,
-                  on_step: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train (or resume, or find finished) a LoRA adapter in `out`; returns steps, losses and timings."""
+                  on_step: Callable[[int, int, float], None] | None = None,
+                  teacher: tuple[str, str, Path | None] | None = None) -> dict:
+    """Train (or resume, or find finished) a LoRA adapter in `out`; returns steps, losses and timings.
+
+    `teacher` (model id, loadable, adapter folder): the word-level KD teacher when `cfg.teacher.kd` is word."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import get_linear_schedule_with_warmup
@@ -265,6 +337,12 @@ def train_student(loadable: str, base_model: str, base_ref: str | None, frames: 
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_base(loadable, arch)
+    pruned = prune_student(model, cfg.student_layers) if cfg.student_layers else None
+    word_kd = cfg.teacher is not None and cfg.teacher.kd == "word"
+    if word_kd:
+        if teacher is None:
+            raise RecipeError("train.teacher.kd is word but no teacher model was resolved")
+        kd_teacher, vocab = load_teacher(teacher[1], teacher[0], arch, teacher[2], cfg.teacher.dtype, device, tok)
     lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM if arch == "seq2seq" else TaskType.CAUSAL_LM, r=cfg.rank,
                       lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
     try:
@@ -296,8 +374,11 @@ def train_student(loadable: str, base_model: str, base_ref: str | None, frames: 
         batch = encode_examples(tok, arch, template, part["source"].to_list(), part["paraphrase"].to_list(),
                                 cfg.max_length)
         batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(cfg.dtype, device):
-            loss = model(**batch).loss
+        if word_kd:
+            loss = _kd_loss(model, kd_teacher, vocab, batch, arch, cfg, device, step, tok)
+        else:
+            with _autocast(cfg.dtype, device):
+                loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -321,7 +402,8 @@ def train_student(loadable: str, base_model: str, base_ref: str | None, frames: 
                         max_length=cfg.max_length, dataset=data.dataset, dataset_revision=data.revision,
                         dataset_version=data.version,
                         options={**cfg.model_dump(mode="json"), "run_key": key, "dataset_commit": data.commit,
-                                 "train_pairs": train.height, "validation_pairs": 0 if val is None else val.height},
+                                 "train_pairs": train.height, "validation_pairs": 0 if val is None else val.height,
+                                 "pruned": pruned, "kd": kd_description(cfg, teacher[0] if teacher else None)},
                         steps=step, losses=losses)
     model.save_pretrained(out)
     tok.save_pretrained(out)
