@@ -157,3 +157,8 @@ def test_a_layer_pruned_student_distils_and_evaluates_with_its_layers(tiny, tmp_
     proc = cli("evaluate", "--adapter", str(out), "--dataset", str(tiny["export"]), "--split", "validation",
                "--limit", "3", "--num-beams", "1", "--num-return", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the pruned student as a teacher (an adapter on its base, the base pruned as recorded) for a new student
+    nxt = tmp_path / "next"
+    cli(*_train(tiny, nxt, "--steps", "2", "--teacher-adapter", str(out), teacher="student"), check=True)
+    meta = json.loads((nxt / "student.json").read_text())
+    assert meta["options"]["teacher"]["adapter"] == str(out) and meta["steps"] == 2
