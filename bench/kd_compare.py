@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--demo", type=Path, default=Path("work/demo"), help="the demo's workdir (make demo)")
     ap.add_argument("--limit", type=int, default=40, help="test sources decoded per student")
+    ap.add_argument("--layers", type=int, help="student layers (default: the recipe's 15; 30 = unpruned)")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     args = ap.parse_args(argv)
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe(str(RECIPE))[0]
     recipe.teacher.path = str(export.resolve())
     train_cfg, eval_cfg = recipe.train, recipe.evaluate or EvaluateConfig()
+    if args.layers:
+        train_cfg = train_cfg.model_copy(update={"student_layers": args.layers})
     recipe = recipe.model_copy(update={"train": None, "evaluate": None})
     folder = args.keep or Path(tempfile.mkdtemp(prefix="kd-compare-"))
     try:
