@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,14 @@ def ray_local():
                  logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def kill_training_at(args: list[str], out: Path, step: int = 8, timeout: float = 300) -> None:
+    """Run `paradistill ARGS` and SIGKILL it once it has written the checkpoint of `step` under `out`."""
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + timeout
+    while not list((out / "checkpoints").glob(f"step-{step:07d}")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

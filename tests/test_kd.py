@@ -4,18 +4,13 @@ check, and training runs (causal and seq2seq, resumed after a kill) with tiny mo
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, cli, error_line
+from tests.conftest import REPO, cli, error_line, kill_training_at
 from tests.student_fixtures import build_tiny_llama, build_tiny_t5, write_export
 from training.kd import IGNORE, on_policy_batch, on_policy_step, word_kd_loss
 
@@ -114,13 +109,7 @@ def test_word_kd_with_joint_teaching_resumes_exactly_after_sigkill(tiny, tmp_pat
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     args = ("--steps", "12", "--joint-teaching", "0.5")
     cli(*_train(tiny, ref, *args), check=True)
-    cmd = [sys.executable, "-m", "pipelines.cli", *_train(tiny, cut, *args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while not list((cut / "checkpoints").glob("step-0000008")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_at(_train(tiny, cut, *args), cut)
     assert not (cut / "student.json").exists(), "killed too late: raise --steps"
     cli(*_train(tiny, cut, *args), check=True)
     a, b = load_file(ref / "adapter_model.safetensors"), load_file(cut / "adapter_model.safetensors")

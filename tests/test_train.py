@@ -6,18 +6,13 @@ The causal path on the embedded SmolLM2 and the demo recipe's export is in tests
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, cli, error_line
+from tests.conftest import REPO, cli, error_line, kill_training_at
 from tests.student_fixtures import build_tiny_t5, write_export
 from training.data import epoch_examples
 
@@ -91,13 +86,7 @@ def test_training_resumes_exactly_after_sigkill(tiny, tmp_path):
     export, model = tiny
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     cli(*_train_args(export, model, ref, "--steps", "12"), check=True)
-    cmd = [sys.executable, "-m", "pipelines.cli", *_train_args(export, model, cut, "--steps", "12")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while not list((cut / "checkpoints").glob("step-0000008")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_at(_train_args(export, model, cut, "--steps", "12"), cut)
     assert not (cut / "student.json").exists(), "killed too late: raise --steps"
     cli(*_train_args(export, model, cut, "--steps", "12"), check=True)
     a, b = load_file(ref / "adapter_model.safetensors"), load_file(cut / "adapter_model.safetensors")
