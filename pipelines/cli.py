@@ -44,8 +44,8 @@ WorkersOpt = Annotated[str | None, typer.Option(
     "--workers", help="Worker processes for parsing and scoring: auto (one per core) or a number; 1 = all in this "
     "process (recipe execution.workers).")]
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", help="Where parsing and scoring run: local (a process pool) or ray (Ray Data on a Ray cluster; "
-    "pip install 'paradistill[ray]'); recipe execution.backend.")]
+    "--backend", help="Where the stages run: local (this process and a process pool) or ray (Ray Data actor pools "
+    "on a Ray cluster; pip install 'paradistill\\[ray]'); recipe execution.backend.")]
 RayAddressOpt = Annotated[str | None, typer.Option(
     "--ray-address", help="With --backend ray: the cluster to join (auto, or ray://HOST:PORT); without it a local "
     "Ray instance is started (recipe execution.ray_address).")]
