@@ -147,6 +147,15 @@ def test_qwen2_layer_types_follow_the_kept_layers():
     assert torch.equal(_greedy(model, input_ids=IDS), _greedy(ref, input_ids=IDS))
 
 
+def _assert_seq2seq_equal(model, ref, dec) -> None:
+    """The pruned seq2seq model gives the reference's logits and greedy output, with and without the KV cache."""
+    assert torch.equal(_logits(model, input_ids=IDS, decoder_input_ids=dec),
+                       _logits(ref, input_ids=IDS, decoder_input_ids=dec))
+    out = _greedy(model, input_ids=IDS)
+    assert torch.equal(out, _greedy(ref, input_ids=IDS))
+    assert torch.equal(out, _greedy(model, input_ids=IDS, use_cache=False))
+
+
 def test_bart_decoder_and_encoder_pruned():
     model = _tiny_bart()
     state = copy.deepcopy(model.state_dict())
@@ -157,12 +166,7 @@ def test_bart_decoder_and_encoder_pruned():
     assert _layer_indices(model.model.decoder.layers) == [0, 1]
     ref = _copied(_tiny_bart, state, {"model.encoder.layers.": [0, 1, 3], "model.decoder.layers.": [0, 3]},
                   enc=3, dec=2)
-    dec = torch.tensor([[2, 5, 9], [2, 7, 7]])
-    assert torch.equal(_logits(model, input_ids=IDS, decoder_input_ids=dec),
-                       _logits(ref, input_ids=IDS, decoder_input_ids=dec))
-    out = _greedy(model, input_ids=IDS)
-    assert torch.equal(out, _greedy(ref, input_ids=IDS))
-    assert torch.equal(out, _greedy(model, input_ids=IDS, use_cache=False))
+    _assert_seq2seq_equal(model, ref, torch.tensor([[2, 5, 9], [2, 7, 7]]))
 
 
 def test_seq2seq_prune_student_keeps_the_whole_encoder():
@@ -182,12 +186,7 @@ def test_t5_pruned_keeps_block_0():
     assert (model.encoder.config.num_layers, model.decoder.config.num_layers) == (2, 2)
     assert _layer_indices(model.decoder.block) == [0, 1]
     ref = _copied(_tiny_t5, state, {"encoder.block.": [0, 2], "decoder.block.": [0, 3]}, enc=2, dec=2)
-    dec = torch.tensor([[0, 5, 9], [0, 7, 7]])
-    assert torch.equal(_logits(model, input_ids=IDS, decoder_input_ids=dec),
-                       _logits(ref, input_ids=IDS, decoder_input_ids=dec))
-    out = _greedy(model, input_ids=IDS)
-    assert torch.equal(out, _greedy(ref, input_ids=IDS))
-    assert torch.equal(out, _greedy(model, input_ids=IDS, use_cache=False))
+    _assert_seq2seq_equal(model, ref, torch.tensor([[0, 5, 9], [0, 7, 7]]))
     with pytest.raises(ValueError, match="layer 0 must be kept"):
         prune_layers(_tiny_t5(), [1, 3])
 

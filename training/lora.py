@@ -254,28 +254,18 @@ def load_teacher(loadable: str, ref: str, arch: str, adapter: Path | None, dtype
 
     from training.kd import check_tokenizers
 
-    model, tok = load_base(loadable, arch)
-    vocab = check_tokenizers(student_tok, tok, ref)
-    if adapter is not None:
-        from peft import PeftModel
+    if adapter is None:
+        model, tok = load_base(loadable, arch)
+    else:  # a trained student: its base pruned as recorded, its adapter merged
+        from training.evaluate import load_student
 
-        model = PeftModel.from_pretrained(reload_pruned(model, adapter), str(adapter)).merge_and_unload()
+        model, tok = load_student(loadable, str(adapter), read_student(adapter))
+    vocab = check_tokenizers(student_tok, tok, ref)
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
     model.requires_grad_(False)
     return model, vocab
-
-
-def reload_pruned(model, adapter: Path):
-    """`model` with the layers a pruned student's `student.json` recorded (unchanged for an unpruned one)."""
-    fmt = read_student(adapter)
-    pruned = (fmt.options.get("pruned") if fmt else None)
-    if pruned:
-        from training.prune import apply_pruning
-
-        apply_pruning(model, pruned)
-    return model
 
 
 def _kd_loss(model, teacher, vocab: int, batch: dict, arch: str, cfg: TrainConfig, device: str, step: int, tok):

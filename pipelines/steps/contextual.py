@@ -36,7 +36,7 @@ from curation.teachers.contextual import (
     trim_context,
 )
 from curation.text import request_id
-from pipelines.steps.generate import _batch_seed, portable_ref
+from pipelines.steps.generate import _batch_seed, pending_batches, portable_ref
 from pipelines.store import Workdir
 from schemas.errors import RecipeError
 from schemas.recipe import ContextualTeacherConfig
@@ -138,16 +138,6 @@ class _Batches:
         self.backend = backend
         self.tokens: dict = {}  # progress task -> completion tokens shown on its bar
 
-    def _pending(self, plan: pl.DataFrame, done: set[str], prompts: list[str]
-                 ) -> Iterator[tuple[int, int, pl.DataFrame]]:
-        """(batch index, batch seed, its requests not yet stored, with their prompts) of each batch with work."""
-        bs = self.cfg.batch_size
-        for i, start in enumerate(range(0, plan.height, bs)):
-            batch = plan.slice(start, bs).with_columns(prompt=pl.Series(prompts[start:start + bs], dtype=pl.String))
-            todo = batch.filter(pl.Series([r not in done for r in batch["request_id"]], dtype=pl.Boolean))
-            if todo.height:
-                yield i, _batch_seed(self.cfg.seed, batch["request_id"][0]), todo
-
     def _sample_here(self, batches, sampling: dict) -> Iterator[tuple[pl.DataFrame, list, float]]:
         """(requests, samples, seconds) of each batch, sampled in this process, in plan order."""
         for _, seed, todo in batches:
@@ -171,7 +161,8 @@ class _Batches:
 
     def run(self, plan: pl.DataFrame, done: set[str], prompts: list[str], sampling: dict, make_row, task,
             after_batch=None) -> None:
-        batches = self._pending(plan, done, prompts)
+        batches = pending_batches(plan.with_columns(prompt=pl.Series(prompts, dtype=pl.String)), done,
+                                  self.cfg.batch_size, self.cfg.seed)
         results = (self._sample_here(batches, sampling) if self.backend is None
                    else self._sample_on_ray(batches, sampling))
         for todo, samples, latency in results:

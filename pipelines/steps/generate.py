@@ -56,12 +56,13 @@ def _batch_seed(seed: int, first_request: str) -> int:
 
 def pending_batches(plan: pl.DataFrame, done: set[str], batch_size: int, seed: int
                     ) -> Iterator[tuple[int, int, pl.DataFrame]]:
-    """(batch index, batch seed, its requests not yet stored) of each fixed batch of `plan` with work left."""
+    """(batch index, batch seed, its requests not yet stored) of each fixed batch of `plan` with work left; a
+    batch's seed comes from its first request, stored or not, so a resumed batch samples as it would have."""
+    stored = plan.get_column("request_id").is_in(pl.Series(list(done), dtype=pl.String))  # once, not per batch
     for i, start in enumerate(range(0, plan.height, batch_size)):
-        batch = plan.slice(start, batch_size)
-        todo = batch.filter(~pl.col("request_id").is_in(list(done)))
+        todo = plan.slice(start, batch_size).filter(~stored.slice(start, batch_size))
         if todo.height:
-            yield i, _batch_seed(seed, batch["request_id"][0]), todo
+            yield i, _batch_seed(seed, plan["request_id"][start]), todo
 
 
 def portable_ref(ref: str | None) -> str | None:
