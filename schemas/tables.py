@@ -16,6 +16,9 @@ SCORER_COLUMNS: dict[str, dict[str, pl.DataType]] = {
     "length": {"len_ratio_chars": pl.Float64, "len_ratio_tokens": pl.Float64},
     "numbers": {"numbers_ok": pl.Boolean},
     "self_bleu": {"self_bleu": pl.Float64},
+    # the calibrated probability that the pair keeps its source's meaning (pipelines/steps/calibrate.py): a
+    # logistic regression over the other columns, fitted to the `labels` table
+    "quality": {"quality": pl.Float64},
 }
 SCORER_INPUTS: dict[str, str] = {
     "cosine": "embeddings of source and paraphrase (embed stage)",
@@ -28,6 +31,7 @@ SCORER_INPUTS: dict[str, str] = {
     "length": "characters and rouge-score tokens of both texts",
     "numbers": "numbers in both texts",
     "self_bleu": "the other paraphrases of the same source",
+    "quality": "the other score columns and a calibration fitted to labels (paradistill calibrate)",
 }
 SCORE_COLUMN_OWNER = {col: name for name, cols in SCORER_COLUMNS.items() for col in cols}
 
@@ -182,6 +186,31 @@ DECISIONS = {  # every pair kept or dropped, with all the rules it failed
     "source_id": pl.String,
     "kept": pl.Boolean,
     "reasons": pl.List(pl.String),  # empty when kept
+    "quality": pl.Float64,  # the calibrated quality score (null when the quality scorer is not run)
+    # a dropped pair's features that pulled its quality down most: "cosine -1.32, ld -0.41" (standardised
+    # feature x coefficient, the most negative first); null for kept pairs and without the quality scorer
+    "quality_why": pl.String,
+}
+LABELS = {  # human or LLM-judge labels: does the paraphrase keep the source's meaning?
+    "label_id": pl.String,  # hash(origin, pair_id[, judge model, prompt]): a newer row with the same id replaces it
+    "pair_id": pl.String,  # hash(source_id, candidate_id), as for candidates
+    "source_id": pl.String,
+    "candidate_id": pl.String,
+    "source": pl.String,
+    "paraphrase": pl.String,
+    "label": pl.Boolean,  # meaning kept; null when a judge's answer could not be read
+    "rewrite": pl.Boolean,  # a real rewrite rather than a copy (the judge's second label; optional for humans)
+    "origin": pl.String,  # "human" | "judge"
+    "in_corpus": pl.Boolean,  # one of the workdir's candidate pairs; outside pairs are never exported
+    "file": pl.String,  # human: the label file; judge: null
+    "origin_row": pl.Int64,  # human: 1-based row in that file
+    "judge_model": pl.String,
+    "prompt_version": pl.String,  # the judge prompt as NAME@VERSION#HASH
+    "raw": pl.String,  # the judge's raw answer
+    "cost_usd": pl.Float64,
+    "request_id": pl.String,
+    "run_id": pl.String,
+    "at": pl.Int64,  # time.time_ns() when stored
 }
 
 FUNNEL = {  # rule by rule, in order: how many came in, were dropped (first failure), went out
@@ -223,6 +252,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "nli_cache": NLI_CACHE,
     "dedup_links": DEDUP_LINKS,
     "scores": SCORES,
+    "labels": LABELS,
+    "label_scores": SCORES,  # the scores of labelled pairs from outside the corpus (never filtered or exported)
     "decisions": DECISIONS,
     "funnel": FUNNEL,
     "corpus_metrics": CORPUS_METRICS,
@@ -234,6 +265,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 VERSIONED: dict[str, str] = {
     "dedup_links": "dedup_id",
     "scores": "score_set",
+    "label_scores": "score_set",
     "decisions": "filter_id",
     "funnel": "filter_id",
     "corpus_metrics": "filter_id",

@@ -6,7 +6,8 @@ import time
 
 import polars as pl
 
-from curation.filters import decide
+from curation.calibration import why
+from curation.filters import decide, describe, resolve_targets
 from curation.metrics.corpus import corpus_metrics_split
 from pipelines.steps.pairs import content_key
 from pipelines.store import Workdir
@@ -37,9 +38,24 @@ def metrics_by_selection(pairs: pl.DataFrame, scores: pl.DataFrame, decisions: p
                          for c, t in CORPUS_METRICS.items() if c != "filter_id"])
 
 
-def run_filter(wd: Workdir, cfg: FilterConfig, pairs: pl.DataFrame, candidate_rows: int, dedup_methods: list[str]
-               ) -> dict:
-    """Decide every unique pair from the current scores and dedup links; store and make current the results."""
+def explain_quality(decisions: pl.DataFrame, scored: pl.DataFrame, calibration: dict | None) -> pl.DataFrame:
+    """Decisions with each pair's quality and, for a dropped pair, the features that pulled its quality down."""
+    if calibration is None or "quality" not in scored.columns:
+        return decisions.with_columns(quality=pl.lit(None, pl.Float64), quality_why=pl.lit(None, pl.String))
+    df = decisions.join(scored.drop("source_id"), on="pair_id", how="left", maintain_order="left")
+    dropped = ~df.get_column("kept")
+    reasons = pl.Series("quality_why", [None] * df.height, dtype=pl.String)
+    if dropped.any():
+        idx = dropped.arg_true()
+        reasons = reasons.scatter(idx, why(df[idx], calibration))
+    return decisions.with_columns(quality=df.get_column("quality"), quality_why=reasons)
+
+
+def run_filter(wd: Workdir, cfg: FilterConfig, pairs: pl.DataFrame, candidate_rows: int, dedup_methods: list[str],
+               calibration: dict | None = None) -> dict:
+    """Decide every unique pair from the current scores and dedup links; store and make current the results.
+
+    `calibration`: the one behind the scores' quality column (its precision targets become thresholds here)."""
     t0 = time.perf_counter()
     score_set, dedup_set = wd.current_set("scores"), wd.current_set("dedup_links")
     fid = filter_id(cfg, score_set, dedup_set, candidate_rows)
@@ -52,7 +68,16 @@ def run_filter(wd: Workdir, cfg: FilterConfig, pairs: pl.DataFrame, candidate_ro
     scores = wd.read_current("scores").drop("score_set")
     removed = wd.read_current("dedup_links")
     scored = pairs.select("pair_id").join(scores, on="pair_id", how="left", maintain_order="left")
-    decisions, funnel = decide(scored, removed, cfg, dedup_methods)
+    resolved, targets = resolve_targets(cfg, calibration)
+    decisions, funnel = decide(scored, removed, resolved, dedup_methods)
+    decisions = explain_quality(decisions, scored, calibration)
+    for rule in cfg.rules:  # a precision target's row says what it asked for and what that chose
+        if rule.name in targets:
+            t = targets[rule.name]
+            text = (f"{describe(rule)}: quality >= {t['threshold']:.4f} (cross-validated precision "
+                    f"{t['precision']:.3f}, recall {t['recall']:.3f}; calibration v{t['calibration']})")
+            funnel = funnel.with_columns(description=pl.when(pl.col("rule") == rule.name).then(pl.lit(text))
+                                         .otherwise(pl.col("description")))
     first = pl.DataFrame({"step": [0], "rule": [REPEAT_STEP[0]], "description": [REPEAT_STEP[1]],
                           "pairs_in": [candidate_rows], "dropped": [candidate_rows - pairs.height],
                           "pairs_out": [pairs.height]})
@@ -63,6 +88,7 @@ def run_filter(wd: Workdir, cfg: FilterConfig, pairs: pl.DataFrame, candidate_ro
         wd.make_current(table, fid)
     kept = int(decisions.get_column("kept").sum())
     stats = {"filter_id": fid, "pairs": pairs.height, "kept": kept, "dropped": pairs.height - kept,
+             **({"thresholds": targets} if targets else {}),
              "funnel": funnel.select("rule", "pairs_in", "dropped", "pairs_out").to_dicts(),
              "seconds": round(time.perf_counter() - t0, 3)}
     wd.mark_stage_done("filter", fid, stats)

@@ -32,11 +32,14 @@ ID_COLUMNS = PAIR_COLUMNS[:3]
 
 
 def active_scorers(cfg: ScoreConfig, nli_cfg: NLIConfig) -> list[str]:
-    return [s for s in SCORER_COLUMNS if s in cfg.scorers or (s == "nli" and nli_cfg.model)]
+    """The scorers this step runs; `quality` is not one of them: it is computed from their columns afterwards
+    (pipelines/steps/calibrate.py), so a new calibration never rescores the corpus."""
+    return [s for s in SCORER_COLUMNS if s != "quality" and (s in cfg.scorers or (s == "nli" and nli_cfg.model))]
 
 
 def available_columns(cfg: ScoreConfig, nli_cfg: NLIConfig) -> set[str]:
-    return {c for s in active_scorers(cfg, nli_cfg) for c in SCORER_COLUMNS[s]}
+    names = [*active_scorers(cfg, nli_cfg), *(["quality"] if "quality" in cfg.scorers else [])]
+    return {c for s in names for c in SCORER_COLUMNS[s]}
 
 
 def needs_parse(cfg: ScoreConfig) -> bool:
@@ -78,31 +81,37 @@ def _score_rows(ctx: dict, rows: pl.DataFrame) -> pl.DataFrame:
     return score_pairs(pairs, ctx["scorers"], **kwargs)
 
 
-def _stale_partitions(wd: Workdir, sid: str, layout: str) -> None:
+def _stale_partitions(wd: Workdir, sid: str, layout: str, table: str) -> None:
     """Drop the shards an interrupted run of this set wrote with another partition layout (or as one shard,
     as versions before partitions did)."""
-    folder = wd.tables_dir / "scores"
+    folder = wd.tables_dir / table
     for p in [*folder.glob(f"part-set-{sid}-*.parquet"), folder / f"part-set-{sid}.parquet"]:
         if p.exists() and not p.name.startswith(f"part-set-{sid}-{layout}-"):
             p.unlink()
 
 
 def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLIConfig, pairs: pl.DataFrame,
-          pool: Pool, partition_size: int, progress=None, store: PairTexts | None = None) -> dict:
+          pool: Pool, partition_size: int, progress=None, store: PairTexts | None = None,
+          table: str = "scores") -> dict:
     """Compute (or reuse) the scores of `pairs` (ids only, or with texts) and make them the current set.
 
     The pool's tasks carry pair ids; each worker takes its partition's texts from the text stores (`store`,
-    or opened here)."""
+    or opened here). `table` "label_scores" scores labelled pairs from outside the corpus (with texts) the same
+    way, apart from the corpus' scores."""
     t0 = time.perf_counter()
+    stage = "score" if table == "scores" else "label-score"
     sid = score_set_id(cfg, embed_cfg, nli_cfg, pairs)
-    done = wd.stage_done("score", sid)
+    done = wd.stage_done(stage, sid)
     if done:
-        if wd.current_set("scores") != sid:
-            wd.make_current("scores", sid)
+        if wd.current_set(table) != sid:
+            wd.make_current(table, sid)
         return {**done, "skipped": True}
     scorers = active_scorers(cfg, nli_cfg)
     stats: dict = {"score_set": sid, "pairs": pairs.height, "scorers": scorers, "seconds_by_input": {},
-                   "partition_size": partition_size, "workers": pool.workers}
+                   "partition_size": partition_size, "workers": pool.workers,
+                   # what `paradistill calibrate` without a recipe scores outside labelled pairs with
+                   "settings": {"score": cfg.model_dump(mode="json"), "embed": embed_cfg.model_dump(mode="json"),
+                                "nli": nli_cfg.model_dump(mode="json")}}
     task_base: dict = {"scorers": scorers}
     columns = PAIR_COLUMNS if "source" in pairs.columns else ID_COLUMNS
     if columns == ID_COLUMNS:
@@ -132,11 +141,11 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
     task_size = max(1, -(-partition_size // pool.workers))
     parts = by_source(pairs, task_size)
     layout = f"{task_size}"
-    _stale_partitions(wd, sid, layout)
+    _stale_partitions(wd, sid, layout, table)
     key = lambda k: f"{sid}-{layout}-{k:06d}"  # noqa: E731
-    todo = [k for k in range(len(parts)) if not (wd.tables_dir / "scores" / f"part-set-{key(k)}.parquet").exists()]
+    todo = [k for k in range(len(parts)) if not (wd.tables_dir / table / f"part-set-{key(k)}.parquet").exists()]
     stats.update({"partitions": len(parts), "partitions_reused": len(parts) - len(todo)})
-    bar = progress.add_task("score", total=pairs.height, unit="pairs") if progress else None
+    bar = progress.add_task(stage, total=pairs.height, unit="pairs") if progress else None
     if bar is not None:
         progress.advance(bar, pairs.height - sum(len(parts[k]) for k in todo))
 
@@ -147,11 +156,11 @@ def score(wd: Workdir, cfg: ScoreConfig, embed_cfg: EmbedConfig, nli_cfg: NLICon
         plan = plan.with_columns(nli_fwd=pl.Series(nli[0][rows]), nli_bwd=pl.Series(nli[1][rows]))
     t = time.perf_counter()
     for k, scores in pool.map_groups(_score_rows, task_base, plan, "part"):
-        wd.append("scores", scores.with_columns(score_set=pl.lit(sid)), key=key(k))
+        wd.append(table, scores.with_columns(score_set=pl.lit(sid)), key=key(k))
         if bar is not None:
             progress.advance(bar, scores.height)
     stats["seconds_by_input"]["metrics"] = round(time.perf_counter() - t, 3)
-    wd.make_current("scores", sid)
+    wd.make_current(table, sid)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
-    wd.mark_stage_done("score", sid, stats)
+    wd.mark_stage_done(stage, sid, stats)
     return stats
