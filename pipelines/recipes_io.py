@@ -116,8 +116,11 @@ def load_recipe(ref: str) -> tuple[Recipe, Path]:
     base = path.parent.resolve()
     written = recipe.workdir if data.get("workdir") is not None else None
     recipe.workdir = resolve_workdir(written, recipe.name, base, ref)
-    for s in [*recipe.sources, *([recipe.teacher] if recipe.teacher.kind == "import" else [])]:
+    for s in [*recipe.sources, *([recipe.teacher] if recipe.teacher.kind == "import" else []), *recipe.labels]:
         p = Path(s.path)
         if not s.path.startswith("hf:") and not p.is_absolute() and (base / p).exists():
             s.path = str((base / p).resolve())
+    calibration = recipe.score.calibration
+    if calibration and not Path(calibration).is_absolute() and (base / calibration).exists():
+        recipe.score.calibration = str((base / calibration).resolve())
     return recipe, base

@@ -183,3 +183,21 @@ def test_recipe_mistakes_about_quality_are_one_line(tmp_path):
     assert proc.returncode == 4 and "comes from the 'quality' scorer" in error_line(proc)
     proc = cli("calibrate", "-w", str(wd))
     assert proc.returncode != 0 and "no scores" in error_line(proc)
+
+
+def test_the_shipped_learned_rule_recipe_calibrates_on_its_label_file(tmp_path):
+    from pipelines import runner
+    from pipelines.recipes_io import load_recipe
+    from schemas.recipe import ImportTeacherConfig
+
+    _corpus(tmp_path, 40)
+    recipe = load_recipe("learned-rule")[0]
+    assert recipe.labels and recipe.labels[0].path.endswith("demo_labels.csv")
+    recipe = recipe.model_copy(update={
+        "sources": [], "workdir": str(tmp_path / "wd"), "export": None,
+        "teacher": ImportTeacherConfig(kind="import", path=str(tmp_path / "pairs.csv"))})
+    res = runner.run(recipe, progress=False)
+    cal = res["curation"]["calibrate"]
+    assert cal["labels"]["count"] == 78 and cal["labels"]["by_origin"] == {"human": 78}
+    assert cal["labels"]["in_corpus"] == 0 and cal["auc"] > cal["best_single"]["auc"] - 0.1
+    assert res["curation"]["filter"]["thresholds"]["meaning-kept"]["precision"] >= 0.9
