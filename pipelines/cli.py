@@ -390,6 +390,62 @@ def sql(
 
 
 @app.command()
+def judge(
+    workdir: WorkdirOpt = None,
+    recipe: RecipeOpt = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="Pairs judged in all (default: judge.sample).")] = None,
+    model: Annotated[str | None, typer.Option(help="Judge model (default: the recipe's judge.model).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print estimated requests, tokens and dollars; "
+                                                            "send nothing.")] = False,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly at this many USD spent (resumable).")] = None,
+) -> None:
+    """Have an LLM judge label a sample of pairs (stratified over a score), for `paradistill calibrate`.
+
+    Example: paradistill judge -r my-recipe.yaml --sample 300 --dry-run   (then: --max-cost 1)
+    """
+    from pipelines import runner
+    from pipelines.recipes_io import validated
+    from schemas.recipe import JudgeConfig
+
+    r, wd = _recipe_and_workdir(recipe, workdir)
+    base = r.judge.model_dump() if r is not None and r.judge is not None else {}
+    given = {k: v for k, v in dict(model=model, max_cost=max_cost).items() if v is not None}
+    if "model" not in {**base, **given}:
+        raise RecipeError("judge: no judge model; give --model NAME or a recipe with a judge: section (-r RECIPE)")
+    cfg = validated(JudgeConfig, {**base, **given}, "judge options")
+    s = runner.judge(wd, cfg, sample=sample, dry_run=dry_run)
+    _print_judge(s)
+
+
+def _print_judge(s: dict) -> None:
+    bins = s.get("bins")
+    if bins:
+        per_bin = ", ".join(f"{b['low']:.2f}..{b['high']:.2f}: {b['sample']}/{b['pairs']}" for b in bins)
+        out.print(f"sample of {s.get('drawn', 0)} pair(s) over {s.get('stratify_by')} (drawn/pairs per bin): "
+                  f"{per_bin}")
+        if s.get("drawn", 0) < s.get("sample", 0):
+            out.print(f"only {s.get('drawn', 0)} pair(s) have a {s.get('stratify_by')} score: all of them are "
+                      "in the sample", style="yellow")
+    est = s.get("estimate")
+    if est:
+        cost = ("unknown (no price for this model)" if est.get("cost_usd_est") is None
+                else f"${est['cost_usd_est']:,.4f}")
+        out.print(f"pairs to judge {est.get('requests', 0)}, already judged {s.get('already_judged', 0)}; "
+                  f"prompt tokens {est.get('prompt_tokens', 0):,}, cost ~{cost}")
+    if s.get("dry_run"):
+        out.print("dry run: nothing was sent", style="dim")
+        return
+    line = f"{s.get('judged', 0)} pair(s) judged"
+    if s.get("failed"):
+        line += f", {s['failed']} failed (rerun to retry them)"
+    if s.get("unreadable"):
+        line += f", {s['unreadable']} answer(s) without a yes/no (label left empty)"
+    if s.get("cost_usd") is not None:
+        line += f", ${s['cost_usd']:,.4f} this run"
+    out.print(line)
+
+
+@app.command()
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML path, or a shipped name such as demo.")],
     workdir: WorkdirOpt = None,

@@ -201,7 +201,7 @@ def spent_usd(wd: Workdir) -> float:
     return float(s or 0.0)
 
 
-def _run_async(coro) -> None:
+def run_async(coro) -> None:
     """asyncio.run, or in a helper thread when a loop is already running (a notebook)."""
     try:
         asyncio.get_running_loop()
@@ -326,7 +326,7 @@ def generate_chat(wd: Workdir, cfg: ChatTeacherConfig, run_id: str, progress=Non
 
     split = template.mode == "single" and params["choices"] > 1
     try:
-        _run_async(teacher.run(todo, on_result, budget.admit, expand if split else None))
+        run_async(teacher.run(todo, on_result, budget.admit, expand if split else None))
     finally:
         gen_journal.close()
         fail_journal.close()
