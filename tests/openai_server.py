@@ -2,8 +2,13 @@
 
 Tests and benchmarks point the real `openai` client at it (`base_url=srv.url`). Replies are deterministic
 functions of the request body, so caches, resume and dedup can be checked exactly; faults (429, 500, 503,
-timeouts, malformed JSON, truncated output, refusals, dropped connections, failing batch items) are drawn per
-request from a seeded `random.Random`, so a run with faults is reproducible too.
+timeouts, malformed JSON, truncated output, refusals, unreadable answers, dropped connections, failing batch items)
+are drawn per request from a seeded `random.Random`, so a run with faults is reproducible too.
+
+Judge mode: a request whose last user message holds `<source>...</source>` and `<paraphrase>...</paraphrase>`
+(the judge prompts, curation/prompts/judge-*.yaml) is answered as a judge: meaning yes when the two texts share at
+least JUDGE_OVERLAP of their words (Jaccard), rewrite no when they are equal after lower-casing and dropping
+punctuation, written in `judge_style` (lines, json, markdown, bare, or mixed: one of those per pair).
 
     with FakeOpenAI(latency_s=0.01, faults={"429": 0.1}, rate_limit={"rpm": 600}) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="sk-test")
@@ -45,7 +50,8 @@ except ImportError:  # run as a script: python tests/X.py
 # constants
 
 #: Sync-endpoint faults, in the fixed order they are checked (at most one fires per request).
-FAULT_ORDER: tuple[str, ...] = ("429", "500", "503", "timeout", "malformed", "length", "refusal", "disconnect")
+FAULT_ORDER: tuple[str, ...] = ("429", "500", "503", "timeout", "malformed", "length", "refusal", "disconnect",
+                                "unreadable")
 #: Faults that only apply to the lines of a batch.
 BATCH_FAULTS: tuple[str, ...] = ("batch_item_error",)
 KNOWN_FAULTS = frozenset(FAULT_ORDER + BATCH_FAULTS)
@@ -56,6 +62,9 @@ DEFAULT_TPM = 1_000_000_000
 TIMEOUT_FAULT_S = 30.0
 FAULT_429_RETRY_S = 0.05
 REFUSAL_TEXT = "I can't help with that."
+UNREADABLE_TEXT = "I am not sure what to make of this."  # the `unreadable` fault's answer: no yes/no in it
+JUDGE_OVERLAP = 0.5
+JUDGE_STYLES: tuple[str, ...] = ("lines", "json", "markdown", "bare")
 MAX_BATCH_LINES = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -288,6 +297,46 @@ def paraphrases(sentence: str, k: int, rng: random.Random, used: set[str]) -> li
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# judge mode
+
+_JUDGE_PAIR = re.compile(r"<source>(.*?)</source>\s*<paraphrase>(.*?)</paraphrase>", re.DOTALL)
+_WORD = re.compile(r"\w+")
+
+
+def judge_pair(text: str) -> tuple[str, str] | None:
+    """(source, paraphrase) of a judge prompt's user message, else None."""
+    m = _JUDGE_PAIR.search(text)
+    return (m.group(1).strip(), m.group(2).strip()) if m else None
+
+
+def judge_verdict(source: str, paraphrase: str) -> tuple[bool, bool]:
+    """(meaning kept, real rewrite): shared words (Jaccard >= JUDGE_OVERLAP); a rewrite unless the texts are equal
+    once lower-cased with punctuation dropped."""
+    a, b = _WORD.findall(source.lower()), _WORD.findall(paraphrase.lower())
+    union = set(a) | set(b)
+    return len(set(a) & set(b)) / max(1, len(union)) >= JUDGE_OVERLAP, a != b
+
+
+def judge_answer(meaning: bool, rewrite: bool, style: str) -> str:
+    yn = {True: "yes", False: "no"}
+    if style == "json":
+        return json.dumps({"meaning": yn[meaning], "rewrite": yn[rewrite]})
+    if style == "markdown":
+        return f"**Meaning:** {yn[meaning].capitalize()}.\n**Rewrite:** {yn[rewrite].capitalize()}."
+    if style == "bare":
+        return f"{yn[meaning].capitalize()}\n{yn[rewrite].capitalize()}"
+    return f"meaning: {yn[meaning]}\nrewrite: {yn[rewrite]}"
+
+
+def judge_style_for(style: str, source: str, paraphrase: str) -> str:
+    """`mixed`: one of JUDGE_STYLES per pair (a hash of the texts); else `style` itself."""
+    if style != "mixed":
+        return style
+    h = int(hashlib.sha256(f"{source}\x1f{paraphrase}".encode()).hexdigest()[:8], 16)
+    return JUDGE_STYLES[h % len(JUDGE_STYLES)]
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -357,8 +406,10 @@ LLAMA_CPP_FORMAT_ERROR = ("1 validation error:\n"
 
 
 def build_completion(body: Any, *, structured_output: bool = True, prompt_tokens: int | None = None,
-                     llama_cpp: bool = False) -> dict:
+                     llama_cpp: bool = False, judge_style: str = "lines") -> dict:
     """The deterministic chat completion for `body` (OpenAI-shaped JSON), or raises ApiError (400).
+
+    A judge prompt (see `judge_pair`) gets a judge's answer in `judge_style` instead of paraphrases.
 
     `llama_cpp`: answer as llama-cpp-python's server does: json_schema gets a 500 whose (multi-line) message names
     response_format, `n` is ignored (one choice), and only `max_tokens` caps the reply (max_completion_tokens is
@@ -376,6 +427,7 @@ def build_completion(body: Any, *, structured_output: bool = True, prompt_tokens
 
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     text = _content_text(last_user.get("content")) if last_user else ""
+    pair = judge_pair(text)
     sentence, instruction = extract_sentence(text)
     k = requested_count(instruction, sentence)
     key = canonical_json({"model": model, "messages": messages, "temperature": body.get("temperature"),
@@ -386,8 +438,10 @@ def build_completion(body: Any, *, structured_output: bool = True, prompt_tokens
     choices, completion_tokens = [], 0
     for index in range(1 if llama_cpp else body.get("n") or 1):
         rng = random.Random(int(hashlib.sha256(f"{base}:{index}".encode()).hexdigest()[:16], 16))
-        items = paraphrases(sentence, k, rng, used)
-        if structured:
+        items = [] if pair else paraphrases(sentence, k, rng, used)
+        if pair:
+            content = judge_answer(*judge_verdict(*pair), judge_style_for(judge_style, *pair))
+        elif structured:
             content = json.dumps({"paraphrases": items}, ensure_ascii=False)
         elif k == 1:
             content = items[0]
@@ -434,6 +488,13 @@ def _apply_refusal_fault(payload: dict) -> None:
         ch["message"]["refusal"] = REFUSAL_TEXT
         ch["finish_reason"] = "stop"
     _set_completion_tokens(payload, len(payload["choices"]) * count_tokens(REFUSAL_TEXT, payload["model"]))
+
+
+def _apply_unreadable_fault(payload: dict) -> None:
+    for ch in payload["choices"]:
+        ch["message"]["content"] = UNREADABLE_TEXT
+        ch["finish_reason"] = "stop"
+    _set_completion_tokens(payload, len(payload["choices"]) * count_tokens(UNREADABLE_TEXT, payload["model"]))
 
 
 def _set_completion_tokens(payload: dict, n: int) -> None:
@@ -566,6 +627,7 @@ class FakeOpenAI(LoopbackServer):
         llama_cpp: answer like llama-cpp-python's server: json_schema -> HTTP 500 naming response_format, `n`
             ignored (one choice), only `max_tokens` caps a reply (max_completion_tokens ignored).
         one_token_field: answer like OpenAI does when both max_tokens and max_completion_tokens are sent (400).
+        judge_style: how judge prompts are answered: lines, json, markdown, bare, or mixed (one per pair).
         api_key: if set, every request needs `Authorization: Bearer <api_key>` (else 401).
         host, port: where to listen (port 0: a free port).
     """
@@ -576,8 +638,11 @@ class FakeOpenAI(LoopbackServer):
                  rate_limit: dict | None = None, batch_delay_s: float = 0.0,
                  flagged_words: Iterable[str] = ("kill", "hate"), structured_output: bool = True,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0, llama_cpp: bool = False,
-                 one_token_field: bool = False) -> None:
+                 one_token_field: bool = False, judge_style: str = "lines") -> None:
         super().__init__()
+        if judge_style not in (*JUDGE_STYLES, "mixed"):
+            raise ValueError(f"judge_style must be one of {JUDGE_STYLES + ('mixed',)}, not {judge_style!r}")
+        self.judge_style = judge_style
         self.latency_s = float(latency_s)
         self.seed = seed
         self._rng = random.Random(seed)
@@ -740,7 +805,7 @@ class FakeOpenAI(LoopbackServer):
             raise ApiError(400, "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
                            param="max_tokens")
         payload = build_completion(body, structured_output=self.structured_output, prompt_tokens=prompt_tokens,
-                                   llama_cpp=self.llama_cpp)
+                                   llama_cpp=self.llama_cpp, judge_style=self.judge_style)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         charged = prompt_tokens + (max_tokens if max_tokens else payload["usage"]["completion_tokens"])
         which, wait = self.limiter.acquire(charged)
@@ -759,6 +824,8 @@ class FakeOpenAI(LoopbackServer):
             _apply_length_fault(payload)
         elif fault == "refusal":
             _apply_refusal_fault(payload)
+        elif fault == "unreadable":
+            _apply_unreadable_fault(payload)
         data = json.dumps(payload, ensure_ascii=False).encode()
         if fault == "malformed":
             data = data[: len(data) // 2]
@@ -964,7 +1031,7 @@ class FakeOpenAI(LoopbackServer):
         request_id = _new_id("req_", 16)
         try:
             payload = build_completion(item.get("body"), structured_output=self.structured_output,
-                                       llama_cpp=self.llama_cpp)
+                                       llama_cpp=self.llama_cpp, judge_style=self.judge_style)
         except ApiError as e:
             counts["failed"] += 1
             rec = {"id": _new_id("batch_req_", 16), "custom_id": cid,
@@ -1068,6 +1135,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-delay-ms", type=float, default=0.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--no-structured-output", action="store_true")
+    ap.add_argument("--judge-style", default="lines", choices=(*JUDGE_STYLES, "mixed"),
+                    help="how judge prompts are answered")
     ap.add_argument("--llama-cpp", action="store_true",
                     help="answer like llama-cpp-python: json_schema -> 500, n ignored, only max_tokens honoured")
     args = ap.parse_args(argv)
@@ -1075,7 +1144,7 @@ def main(argv: list[str] | None = None) -> None:
     srv = FakeOpenAI(latency_s=args.latency_ms / 1000, faults=args.faults, seed=args.seed,
                      rate_limit=rate_limit or None, batch_delay_s=args.batch_delay_ms / 1000,
                      structured_output=not args.no_structured_output, api_key=args.api_key,
-                     host=args.host, port=args.port, llama_cpp=args.llama_cpp)
+                     host=args.host, port=args.port, llama_cpp=args.llama_cpp, judge_style=args.judge_style)
     srv.serve_until_stopped()
 
 
