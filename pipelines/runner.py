@@ -237,6 +237,13 @@ def judge(workdir: str | Path, cfg: JudgeConfig, sample: int | None = None, prog
         wd.require()
         stats = judge_step(wd, cfg, manifest.run_id, prog, dry_run=dry_run, sample=sample)
         manifest.record_stage("judge", stats)
+        if stats.get("failed"):
+            err = TeacherFailed(
+                f"{stats['failed']} judge request(s) failed after every retry; most common cause: "
+                f"{failure_cause(stats)}; {stats.get('judged', 0)} pair(s) were judged. Fix the cause and rerun "
+                "the same command: only the pairs without a label are sent again")
+            err.stats = {**stats, "run_id": manifest.run_id}
+            raise err
         return {**stats, "run_id": manifest.run_id}
 
 
@@ -408,11 +415,6 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         if recipe.sources:
             stats = ingest_sources(wd, recipe.sources, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("ingest", stats)
-        if recipe.labels and not dry_run:
-            from pipelines.steps.labels import import_labels
-
-            for spec in recipe.labels:
-                manifest.record_stage("labels", import_labels(wd, spec, recipe.ingest.max_chars, manifest, prog))
         if isinstance(recipe.teacher, ImportTeacherConfig) and not dry_run:
             stats = import_pairs(wd, recipe.teacher, recipe.ingest.max_chars, manifest, prog)
             manifest.record_stage("import", stats)
@@ -422,6 +424,11 @@ def run(recipe_ref: str | Recipe, workdir: str | Path | None = None, progress: b
         if dry_run:
             return result
         _after_teacher(wd, recipe.teacher, manifest, stats, curating=recipe.filter is not None)
+        if recipe.labels:  # after the candidates, so each label knows whether its pair is in the corpus
+            from pipelines.steps.labels import import_labels
+
+            for spec in recipe.labels:
+                manifest.record_stage("labels", import_labels(wd, spec, recipe.ingest.max_chars, manifest, prog))
         if stats.get("pending_batches"):
             result["stages"] = manifest.data["stages"]
             return result  # batches still running: curation waits for the whole corpus

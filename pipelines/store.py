@@ -177,9 +177,11 @@ class Workdir:
         requests still failed (no generation since; the latest failure of each);
         `request_failures_history` every failure row.
         """
-        if table == "request_failures" and self.shards("generations"):
-            still = (f"SELECT f.* FROM {self._read_sql(table)} AS f WHERE NOT EXISTS (SELECT 1 FROM "
-                     f"{self._read_sql('generations')} AS g WHERE g.request_id = f.request_id) "
+        answered = [t for t in ("generations", "labels") if self.shards(t)]  # a response, or a judge's label
+        if table == "request_failures" and answered:
+            exists = " AND ".join(f"NOT EXISTS (SELECT 1 FROM {self._read_sql(t)} AS g WHERE g.request_id = "
+                                  "f.request_id)" for t in answered)
+            still = (f"SELECT f.* FROM {self._read_sql(table)} AS f WHERE {exists} "
                      "QUALIFY row_number() OVER (PARTITION BY f.request_id ORDER BY f.\"at\" DESC) = 1")
             return {f"{table}_history": self._view_sql(table), table: still}
         if table == "labels":  # a newer label of the same pair (and judge) replaces an older one

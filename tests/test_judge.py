@@ -335,3 +335,25 @@ def test_user_mistakes_are_one_line(curated, tmp_path):
             runner.generate(wd, ChatTeacherConfig(kind="openai", model="gpt-4o-mini", base_url=srv.url,
                                                   prompt="judge-meaning"), progress=False)
         assert not srv.log
+
+
+def test_failed_judge_requests_exit_9_then_a_rerun_labels_them_and_calibrates(curated, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every request is refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with FakeOpenAI(api_key=KEY) as srv:
+        wd, recipe = _copy(curated, tmp_path, srv, "sample: 40, max_retries: 0")
+        down = tmp_path / "down.yaml"
+        down.write_text(recipe.read_text().replace(srv.url, dead))
+        proc = cli("judge", "-r", str(down))
+        line = error_line(proc)
+        assert proc.returncode == 9 and "40 judge request(s) failed" in line and "rerun" in line
+        count = "SELECT count(*) AS n FROM request_failures WHERE teacher_kind = 'judge'"
+        assert cli("sql", "-w", str(wd), count, "--format", "csv", check=True).stdout.split()[-1] == "40"
+        cli("judge", "-r", str(recipe), check=True)
+        assert cli("sql", "-w", str(wd), count, "--format", "csv", check=True).stdout.split()[-1] == "0"
+        assert len(srv.log) == 40
+    proc = cli("calibrate", "-w", str(wd), check=True)  # the judge's labels are enough to fit the quality score
+    assert "calibration v1" in proc.stdout and "judge 40" in proc.stdout

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from curation.calibration import check, content_id, default_features, describe, fit, quality_expr
+from pipelines.journal import recover
 from pipelines.steps import embed as embed_step
 from pipelines.steps.labels import current_labels
 from pipelines.steps.pairs import content_key
@@ -97,6 +98,7 @@ def calibrate(wd: Workdir, cfg: CalibrateConfig, score_cfg: ScoreConfig, embed_c
     t0 = time.perf_counter()
     if wd.current_set("scores") is None:
         raise StateError(f"{wd.root}: no scores to calibrate; run paradistill curate (or score) first")
+    recover(wd, "labels")  # a killed judge run's last answers are still in its journal
     labels = usable_labels(wd)
     if labels.height == 0:
         raise RecipeError("the quality scorer needs labels and the workdir has none: import a label file "

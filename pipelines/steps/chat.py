@@ -154,8 +154,10 @@ _VARYING = re.compile(r"\b(?:req_[0-9A-Za-z]+|[0-9a-f]{8,}|\d+)\b")
 
 
 def open_failures(wd: Workdir) -> dict:
-    """Failed requests of the workdir with no stored response: {count, failures_by_kind, top_failure}."""
-    done = wd.scan("generations").select("request_id")
+    """Failed requests of the workdir with no stored response (a generation, or a judge's label):
+    {count, failures_by_kind, top_failure}."""
+    done = pl.concat([wd.scan("generations").select("request_id"),
+                      wd.scan("labels").select("request_id").drop_nulls()])
     fails = (wd.scan("request_failures").join(done, on="request_id", how="anti")
              .sort("at").group_by("request_id").agg(pl.all().last())
              .select("failure_kind", "error").collect())
