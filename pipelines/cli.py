@@ -250,6 +250,71 @@ def ingest_pairs(
               f"quarantined; {s['sources_new']} new source(s); candidates +{s['candidates']['pairs']}{note}")
 
 
+labels_app = typer.Typer(no_args_is_help=True, help="Human labels of pairs, for the calibrated quality score.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("import")
+def labels_import(
+    path: Annotated[str, typer.Argument(help="Label file (.csv .tsv .jsonl .json .parquet): a pair and its label "
+                                             "per row.")],
+    workdir: WorkdirOpt = None,
+    recipe: RecipeOpt = None,
+    source_column: Annotated[str, typer.Option(help="Column holding the source text.")] = "source",
+    paraphrase_column: Annotated[str, typer.Option(help="Column holding the paraphrase.")] = "paraphrase",
+    label_column: Annotated[str, typer.Option(help="Column holding the label: true/false, yes/no, 1/0 or "
+                                                   "paraphrase/not.")] = "label",
+    rewrite_column: Annotated[str | None, typer.Option(help="Optional column: a real rewrite, not a copy (same "
+                                                            "values).")] = None,
+    max_chars: Annotated[int, typer.Option(help="Longer texts are quarantined.")] = 2000,
+) -> None:
+    """Import human labels: does each paraphrase keep its source's meaning? Pairs of the workdir and outside pairs
+    both calibrate the quality score; outside pairs are never exported.
+
+    Example: paradistill labels import my-labels.csv -w work/demo --label-column is_paraphrase
+    """
+    from pipelines import runner
+    from pipelines.recipes_io import validated
+    from schemas.recipe import LabelFileSpec
+
+    _, wd = _recipe_and_workdir(recipe, workdir)
+    spec = validated(LabelFileSpec, {"path": path, "source_column": source_column,
+                                     "paraphrase_column": paraphrase_column, "label_column": label_column,
+                                     "rewrite_column": rewrite_column}, "labels import options")
+    s = runner.import_label_files(wd, [spec], max_chars)["files"][0]
+    note = " (already imported; nothing new)" if s.get("skipped") else ""
+    out.print(f"rows {s['rows']}: {s['labels']} label(s) ({s['positive']} keep the meaning; {s['in_corpus']} pairs "
+              f"of the workdir, {s['outside']} outside), {s['quarantined']} quarantined (see the quarantine "
+              f"table){note}")
+
+
+@app.command()
+def calibrate(workdir: WorkdirOpt = None, recipe: RecipeOpt = None) -> None:
+    """Fit the quality score to the labels (logistic regression over the score columns, cross-validated) and
+    store it as calibrations/vN/calibration.json; without -r, with the current scores' own settings.
+
+    Example: paradistill calibrate -w work/demo   (then: score.scorers += [quality] and a rule on quality)
+    """
+    from pipelines import runner
+
+    r, wd = _recipe_and_workdir(recipe, workdir)
+    cal = runner.calibrate(wd, r)
+    note = " (unchanged labels and scores: reused)" if cal.get("reused") else ""
+    out.print(f"calibration v{cal['version']} ({cal['path']}){note}: {cal['summary']}")
+    table = Table("feature", "coefficient (standardised)", "mean", "scale")
+    for f, c, m, sc in zip(cal["features"], cal["coef"], cal["mean"], cal["scale"], strict=True):
+        table.add_row(f, f"{c:+.3f}", f"{m:.4g}", f"{sc:.4g}")
+    out.print(table)
+    from curation.calibration import threshold_for
+
+    for p in (0.8, 0.9, 0.95):
+        try:
+            t = threshold_for(cal, p)
+            out.print(f"precision >= {p:g}: quality >= {t['threshold']:.4f}, cross-validated recall {t['recall']:.3f}")
+        except RecipeError:
+            out.print(f"precision >= {p:g}: not reached in cross-validation")
+
+
 def _with_execution(r, partition_size: int | None, workers: str | None, backend: str | None = None,
                     ray_address: str | None = None):
     """The recipe (or the defaults) with --partition-size / --workers / --backend / --ray-address applied,
