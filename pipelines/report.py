@@ -1,8 +1,9 @@
 """The curation quality report: one self-contained HTML page plus the JSON that holds every number it shows.
 
 `build_report` turns the decided pairs (kept/dropped with reasons and metric columns), the filter funnel, the
-corpus-level quality rows (method B's dataset-quality columns plus WPD/LD) and the run's lineage into a plain,
-JSON-serialisable dict. `render_html` draws that dict as one HTML file with inline CSS and inline SVG charts: no
+corpus-level quality rows (method B's dataset-quality columns plus WPD/LD), the run's lineage and, when a calibrated
+`quality` score is in use, its calibration (labels, coefficients, cross-validated curve, chosen thresholds) into a
+plain, JSON-serialisable dict. `render_html` draws that dict as one HTML file with inline CSS and inline SVG charts: no
 JavaScript, no fonts, images or links from outside, so it opens offline and can be mailed as one file.
 `write_report` writes both files atomically.
 
@@ -57,7 +58,8 @@ _TEXT_LIMIT = 1200  # characters of a sample text shown in the HTML (the JSON ke
 # building the report
 # ---------------------------------------------------------------------------------------------------------------
 def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], metric_columns: list[str],
-                 lineage: dict, samples: int = 8, seed: int = 0, bins: int = 20) -> dict:
+                 lineage: dict, samples: int = 8, seed: int = 0, bins: int = 20, calibration: Mapping | None = None,
+                 thresholds: Mapping[str, Mapping] | None = None) -> dict:
     """Every number the quality report shows, as a JSON-serialisable dict.
 
     `pairs`: one row per pair with `pair_id, source_id, source, paraphrase, kept (bool), reasons (list[str])` and
@@ -67,6 +69,12 @@ def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], 
     are drawn at random, deterministically for a given `seed`. Numeric histograms use `bins` equal-width bins whose
     edges are shared by kept and dropped (integer-valued metrics spanning at most `bins` values get one unit-wide
     bin per integer instead); boolean metrics get two bins, false and true. NaN/inf count as missing.
+
+    `calibration`: the calibration behind the pairs' `quality` column (a `curation.calibration.fit` result with
+    the calibrate step's additions), `thresholds` the filter's precision targets resolved on it ({rule:
+    {threshold, precision, recall, target, calibration}}). With it the report gains a `calibration` entry (see
+    `calibration_summary`) and each sampled pair its `quality` and, if dropped, `quality_why`; without it the
+    report is what it was before calibration existed.
     """
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
@@ -109,9 +117,11 @@ def build_report(pairs: pl.DataFrame, funnel: pl.DataFrame, corpus: list[dict], 
         "corpus": [jsonable(dict(row)) for row in corpus],
         "histograms": histograms,
         "reasons": _reason_counts(pairs.filter(~pl.col("kept")), n_dropped),
-        "samples": _samples(pairs, metric_columns, samples, seed),
+        "samples": _samples(pairs, metric_columns, samples, seed, explain=calibration is not None),
         "notes": notes,
     }
+    if calibration is not None:
+        report["calibration"] = calibration_summary(calibration, thresholds, pairs, bins)
     return jsonable(report)
 
 
@@ -137,8 +147,9 @@ def _funnel_rows(funnel: pl.DataFrame) -> list[dict]:
     return rows
 
 
-def _histogram(pairs: pl.DataFrame, metric: str, bins: int) -> dict:
-    """Shared-edge histogram of one metric for kept and dropped pairs (or a note saying why there is none)."""
+def _histogram(pairs: pl.DataFrame, metric: str, bins: int, edges: np.ndarray | None = None) -> dict:
+    """Shared-edge histogram of one metric for kept and dropped pairs (or a note saying why there is none);
+    `edges`, when given, fixes the bins of a numeric metric (values outside them are not counted)."""
     empty = {"kind": "empty", "edges": [], "labels": [], "kept": [], "dropped": [],
              "n": {"kept": 0, "dropped": 0}, "nulls": {"kept": 0, "dropped": 0}, "stats": {}, "note": None}
     if metric not in pairs.columns:
@@ -172,13 +183,8 @@ def _histogram(pairs: pl.DataFrame, metric: str, bins: int) -> dict:
         return {**empty, "nulls": nulls, "note": _empty_note(pairs)}
     lo = float(min(kv.min() if kv.size else math.inf, dv.min() if dv.size else math.inf))
     hi = float(max(kv.max() if kv.size else -math.inf, dv.max() if dv.size else -math.inf))
-    both = np.concatenate([kv, dv])
-    if np.all(both == np.round(both)) and hi - lo + 1 <= bins:  # few integer values: one unit bin per integer
-        edges = np.arange(lo - 0.5, hi + 1.0, 1.0)
-    elif lo == hi:  # one distinct value: centre it in a unit-wide range
-        edges = np.linspace(lo - 0.5, hi + 0.5, bins + 1)
-    else:
-        edges = np.linspace(lo, hi, bins + 1)
+    if edges is None:
+        edges = _edges(np.concatenate([kv, dv]), lo, hi, bins)
     kc, _ = np.histogram(kv, bins=edges)
     dc, _ = np.histogram(dv, bins=edges)
     return {
@@ -187,6 +193,14 @@ def _histogram(pairs: pl.DataFrame, metric: str, bins: int) -> dict:
         "n": {"kept": int(kv.size), "dropped": int(dv.size)}, "nulls": nulls,
         "stats": {"kept": _stats(kv), "dropped": _stats(dv)}, "note": None,
     }
+
+
+def _edges(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    if np.all(values == np.round(values)) and hi - lo + 1 <= bins:  # few integer values: one unit bin per integer
+        return np.arange(lo - 0.5, hi + 1.0, 1.0)
+    if lo == hi:  # one distinct value: centre it in a unit-wide range
+        return np.linspace(lo - 0.5, hi + 0.5, bins + 1)
+    return np.linspace(lo, hi, bins + 1)
 
 
 def _empty_note(pairs: pl.DataFrame) -> str:
@@ -211,10 +225,14 @@ def _reason_counts(dropped: pl.DataFrame, n_dropped: int) -> list[dict]:
             for r, c in ordered]
 
 
-def _samples(pairs: pl.DataFrame, metrics: Sequence[str], n: int, seed: int) -> dict:
-    """`n` random kept and `n` random dropped pairs; independent of the input's row order, fixed by `seed`."""
+def _samples(pairs: pl.DataFrame, metrics: Sequence[str], n: int, seed: int, explain: bool = False) -> dict:
+    """`n` random kept and `n` random dropped pairs; independent of the input's row order, fixed by `seed`.
+
+    `explain`: each sample also carries `quality` and `quality_why` (the features that pulled a dropped pair's
+    quality down), from the pairs' columns of those names (null where absent)."""
     present = [m for m in metrics if m in pairs.columns]
-    cols = ["pair_id", "source_id", "source", "paraphrase", "reasons", *present]
+    extra = [c for c in ("quality", "quality_why") if explain and c in pairs.columns and c not in present]
+    cols = ["pair_id", "source_id", "source", "paraphrase", "reasons", *present, *extra]
     out: dict[str, list[dict]] = {}
     for side, mask in (("kept", pl.col("kept")), ("dropped", ~pl.col("kept"))):
         side_pairs = pairs.filter(mask).select(cols).sort("pair_id")
@@ -226,8 +244,54 @@ def _samples(pairs: pl.DataFrame, metrics: Sequence[str], n: int, seed: int) -> 
             "source": rows[i]["source"], "paraphrase": rows[i]["paraphrase"],
             "reasons": list(rows[i]["reasons"] or []),
             "metrics": {m: rows[i][m] for m in present},
+            **({"quality": rows[i].get("quality"), "quality_why": rows[i].get("quality_why")} if explain else {}),
         } for i in chosen]
     return out
+
+
+def calibration_summary(calibration: Mapping, thresholds: Mapping[str, Mapping] | None = None,
+                        pairs: pl.DataFrame | None = None, bins: int = 20) -> dict:
+    """What the report shows of the calibration behind the `quality` column.
+
+    Its provenance (version, id, file, summary line), the labels it was fitted to (count, positives, origin, judge
+    models and prompts, label files), the features with their standardised coefficients (largest effect first),
+    the cross-validated AUC beside the best single column's, the cross-validated precision/recall curve (at most
+    curation.calibration.CURVE_POINTS points, ordered by threshold), the point each precision-target rule chose
+    (`thresholds`, in rule order) and, when `pairs` has a `quality` column, its histogram over kept vs dropped
+    pairs in `bins` equal bins of [0, 1].
+    """
+    cal = calibration
+    cv = cal.get("cv") or {}
+    labels = cal.get("labels") or {}
+    names = list(cal.get("features") or [])
+    coefs = list(cal.get("coef") or [])
+    means = list(cal.get("mean") or [None] * len(names))
+    scales = list(cal.get("scale") or [None] * len(names))
+    features = [{"feature": f, "coef": c, "mean": m, "scale": sd}
+                for f, c, m, sd in zip(names, coefs, means, scales, strict=False)]
+    features.sort(key=lambda r: -abs(r["coef"]) if isinstance(r["coef"], int | float) else 0.0)
+    rules = [{"rule": str(name), "target": t.get("target"), "threshold": t.get("threshold"),
+              "precision": t.get("precision"), "recall": t.get("recall"), "calibration": t.get("calibration")}
+             for name, t in (thresholds or {}).items()]
+    out = {
+        "version": cal.get("version"), "id": cal.get("id"), "path": cal.get("path"),
+        "created_at": cal.get("created_at"), "summary": cal.get("summary"),
+        "target": (cal.get("settings") or {}).get("target"),
+        "labels": {"count": labels.get("count", cv.get("labels")), "positive": cv.get("positive"),
+                   "by_origin": dict(labels.get("by_origin") or {}), "in_corpus": labels.get("in_corpus"),
+                   "judge_models": list(labels.get("judge_models") or []),
+                   "judge_prompts": list(labels.get("judge_prompts") or []), "files": list(labels.get("files") or [])},
+        "features": features,
+        "intercept": cal.get("intercept"),
+        "cv": {"folds": cv.get("folds"), "labels": cv.get("labels"), "positive": cv.get("positive"),
+               "auc": cv.get("auc"), "best_single": dict(cv.get("best_single") or {})},
+        "curve": [{"threshold": q.get("threshold"), "precision": q.get("precision"), "recall": q.get("recall")}
+                  for q in cv.get("curve") or []],
+        "rules": rules,
+    }
+    if pairs is not None and "quality" in pairs.columns:
+        out["distribution"] = _histogram(pairs, "quality", bins, edges=np.linspace(0.0, 1.0, bins + 1))
+    return jsonable(out)
 
 
 def jsonable(value: Any) -> Any:
@@ -300,6 +364,12 @@ white-space:pre-wrap}
 .chip.reason{background:#fde7d8;color:#8a3d0c}
 .bar{display:block}
 .empty{color:#5b6475;font-style:italic}
+.sample .why{margin-top:6px;font-size:12px;color:#5b6475;overflow-wrap:anywhere}
+.sample .why b{color:#1d2330;font-weight:600}
+.calibration h3{margin-top:16px}
+.calibration .cards{margin:0 0 14px}
+.calibration .grid{margin:4px 0}
+.calibration table{margin-top:4px}
 """
 
 
@@ -309,6 +379,7 @@ def render_html(report: dict) -> str:
     body = "\n".join([
         _header_html(report),
         _funnel_html(report.get("funnel") or []),
+        *([_calibration_html(report["calibration"])] if report.get("calibration") else []),
         _corpus_html(report.get("corpus") or []),
         _histograms_html(report.get("histograms") or {}, report.get("notes") or []),
         _reasons_html(report.get("reasons") or [], report.get("totals", {}).get("dropped", 0)),
@@ -498,7 +569,8 @@ def _tick_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def _hist_svg(metric: str, hist: dict) -> str:
+def _hist_svg(metric: str, hist: dict, marks: Sequence[tuple[float, str]] = ()) -> str:
+    """`marks`: (x, label) vertical dashed lines over a numeric histogram (a threshold, say)."""
     W, H = 360, 206
     left, right, top, bottom = 46, 12, 8, 36
     pw, ph = W - left - right, H - top - bottom
@@ -556,9 +628,206 @@ def _hist_svg(metric: str, hist: dict) -> str:
             parts.append(f'<text x="{px:.1f}" y="{top + ph + 15}" text-anchor="middle">'
                          f"{_e(_tick_label(t, step))}</text>")
             t += step
+    if hist["kind"] == "float" and edges[-1] > edges[0]:
+        for x, label in marks:
+            if x is None or not edges[0] <= x <= edges[-1]:
+                continue
+            px = left + pw * (x - edges[0]) / (edges[-1] - edges[0])
+            parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{top}" y2="{top + ph}" stroke="#1d2330" '
+                         f'stroke-dasharray="4 3"><title>{_e(label)}</title></line>')
     parts.append(f'<text x="{left + pw / 2:.1f}" y="{H - 6}" text-anchor="middle" fill="#1d2330">{_e(metric)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+PRECISION_COLOR = "#2f6db5"
+RECALL_COLOR = "#8a55c0"
+CHOSEN_COLOR = "#c4621f"
+
+
+def _threshold(value: Any) -> str:
+    return "—" if not isinstance(value, int | float) or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _line_svg(label: str, lines: Sequence[tuple[str, str, Sequence[tuple[float, float]]]], x_label: str,
+              y_label: str, points: Sequence[tuple[float, float, str, str]] = (),
+              hlines: Sequence[tuple[float, str]] = (), vlines: Sequence[tuple[float, str]] = ()) -> str:
+    """A small line chart over [0, 1] x [0, 1]: polylines (name, colour, (x, y) points), marked points (x, y,
+    short label, tooltip) and dashed reference lines (value, tooltip)."""
+    W, H = 360, 206  # the histograms' size, so a grid row lines up
+    left, right, top, bottom = 46, 14, 8, 36
+    pw, ph = W - left - right, H - top - bottom
+
+    def px(x: float) -> float:
+        return left + pw * min(max(x, 0.0), 1.0)
+
+    def py(y: float) -> float:
+        return top + ph - ph * min(max(y, 0.0), 1.0)
+
+    parts = [f'<svg class="hist" role="img" aria-label="{_e(label)}" viewBox="0 0 {W} {H}" width="{W}" '
+             f'height="{H}" font-size="10.5" fill="#5b6475"><title>{_e(label)}</title>']
+    for i in range(6):
+        t = i / 5
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e8ebf0"/>')
+        parts.append(f'<text x="{left - 5}" y="{py(t) + 3.5:.1f}" text-anchor="end">{t:.1f}</text>')
+        parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#8a93a5"/>')
+        parts.append(f'<text x="{px(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{t:.1f}</text>')
+    parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#8a93a5"/>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#8a93a5"/>')
+    for value, tip in hlines:
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(value):.1f}" y2="{py(value):.1f}" '
+                     f'stroke="{CHOSEN_COLOR}" stroke-dasharray="4 3"><title>{_e(tip)}</title></line>')
+    for value, tip in vlines:
+        parts.append(f'<line x1="{px(value):.1f}" x2="{px(value):.1f}" y1="{top}" y2="{top + ph}" '
+                     f'stroke="{CHOSEN_COLOR}" stroke-dasharray="4 3"><title>{_e(tip)}</title></line>')
+    for name, color, xy in lines:
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in xy if _finite(x) and _finite(y))
+        if coords:
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" stroke-linejoin="round" '
+                         f'points="{coords}"><title>{_e(name)}</title></polyline>')
+    for x, y, short, tip in points:
+        if not (_finite(x) and _finite(y)):
+            continue
+        anchor = "end" if x > 0.7 else "start"
+        dx = -7 if anchor == "end" else 7
+        parts.append(f'<circle class="chosen" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4.5" fill="{CHOSEN_COLOR}" '
+                     f'stroke="#fff" stroke-width="1.2"><title>{_e(tip)}</title></circle>')
+        parts.append(f'<text x="{px(x) + dx:.1f}" y="{py(y) - 6:.1f}" text-anchor="{anchor}" fill="#1d2330">'
+                     f"{_e(short)}</text>")
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{H - 6}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>')
+    parts.append(f'<text x="12" y="{top + ph / 2:.1f}" text-anchor="middle" fill="#1d2330" '
+                 f'transform="rotate(-90 12 {top + ph / 2:.1f})">{_e(y_label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coef_bar(coef: Any, scale: float) -> str:
+    width, height, mid = 200.0, 12.0, 100.0
+    if not _finite(coef):
+        return ""
+    w = mid * min(abs(coef) / scale, 1.0) if scale > 0 else 0.0
+    x = mid if coef >= 0 else mid - w
+    color = KEPT_COLOR if coef >= 0 else DROPPED_COLOR
+    return (f'<svg class="bar" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">'
+            f'<rect x="{x:.2f}" y="1" width="{w:.2f}" height="{height - 2:.0f}" fill="{color}"/>'
+            f'<line x1="{mid}" x2="{mid}" y1="0" y2="{height:.0f}" stroke="#8a93a5"/></svg>')
+
+
+def _list(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values) if values else "—"
+
+
+def _calibration_html(cal: Mapping[str, Any]) -> str:
+    """The "Calibrated quality" section: provenance, CV figures, curve charts, chosen points and coefficients."""
+    cv, labels = cal.get("cv") or {}, cal.get("labels") or {}
+    best = cv.get("best_single") or {}
+    rules = cal.get("rules") or []
+    curve = cal.get("curve") or []
+    count, positive = labels.get("count"), cv.get("positive")
+    share = positive / cv["labels"] if _finite(positive) and _finite(cv.get("labels")) and cv["labels"] else None
+    best_name = f"{best.get('column')} ({best.get('direction')} is better)" if best.get("column") else "none"
+    cards = "".join(
+        f'<div class="card {cls}"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
+        for cls, k, v in (
+            ("kept", "cross-validated AUC", _fmt(cv.get("auc"))),
+            ("", f"best single column: {best_name}", _fmt(best.get("auc")) if best.get("column") else "—"),
+            ("", "labels", _fmt(count)),
+            ("", "keep the meaning", f"{_fmt(positive)} ({_pct(share)})"),
+            ("", "folds", _fmt(cv.get("folds"))),
+        ))
+    origin = ", ".join(f"{k} {_fmt(v)}" for k, v in (labels.get("by_origin") or {}).items()) or "—"
+    provenance = [
+        ("calibration", " · ".join(str(x) for x in (
+            f"v{cal['version']}" if cal.get("version") is not None else None, cal.get("id"), cal.get("path"),
+            cal.get("created_at")) if x)),
+        ("summary", cal.get("summary") or "—"),
+        ("target", {"meaning": "keeps the meaning (the label)",
+                    "meaning_and_rewrite": "keeps the meaning and is a real rewrite"}.get(cal.get("target"),
+                                                                                         cal.get("target") or "—")),
+        ("labels by origin", origin),
+        ("labels on pairs of the corpus fitted on", _fmt(labels.get("in_corpus"))),
+        ("judge models", _list(labels.get("judge_models") or [])),
+        ("judge prompts", _list(labels.get("judge_prompts") or [])),
+        ("label files", _list(labels.get("files") or [])),
+    ]
+    prov_html = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in provenance)
+
+    # charts: the precision/recall curve with each rule's chosen point; precision and recall against the
+    # threshold with each chosen threshold; quality over kept vs dropped pairs with the same thresholds
+    pr = [(q.get("recall"), q.get("precision")) for q in curve]
+    chosen = [(r.get("recall"), r.get("precision"), r.get("rule"),
+               f"{r.get('rule')}: target precision {_fmt(r.get('target'))}, quality >= {_threshold(r.get('threshold'))}"
+               f", cross-validated precision {_fmt(r.get('precision'))}, recall {_fmt(r.get('recall'))}")
+              for r in rules]
+    targets = [(r.get("target"), f"{r.get('rule')}: target precision {_fmt(r.get('target'))}")
+               for r in rules if _finite(r.get("target"))]
+    cuts = [(r.get("threshold"), f"{r.get('rule')}: quality >= {_threshold(r.get('threshold'))}")
+            for r in rules if _finite(r.get("threshold"))]
+    charts = []
+    if curve:
+        charts.append('<div class="hist"><h3>Precision / recall (cross-validated)</h3>'
+                      + _line_svg("cross-validated precision-recall curve", [("precision vs recall", PRECISION_COLOR,
+                                                                              pr)],
+                                  "recall", "precision", chosen, targets)
+                      + '<p class="cap">Out-of-fold predictions; a dot is the point a precision target chose, the '
+                      "dashed line its target.</p></div>")
+        charts.append('<div class="hist"><h3>Against the quality threshold</h3>'
+                      + _line_svg("cross-validated precision and recall by threshold",
+                                  [("precision", PRECISION_COLOR, [(q.get("threshold"), q.get("precision"))
+                                                                   for q in curve]),
+                                   ("recall", RECALL_COLOR, [(q.get("threshold"), q.get("recall")) for q in curve])],
+                                  "quality threshold", "precision / recall", (), (), cuts)
+                      + f'<p class="cap"><span class="key" style="background:{PRECISION_COLOR}"></span>precision'
+                      f'<span class="key" style="background:{RECALL_COLOR}"></span>recall of quality ≥ threshold; '
+                      "dashed: the chosen thresholds.</p></div>")
+    dist = cal.get("distribution") or {}
+    if dist.get("kind") == "float":
+        charts.append('<div class="hist"><h3>Quality of kept and dropped pairs</h3>'
+                      + _hist_svg("quality", dist, cuts)
+                      + f'<p class="cap">{_hist_caption(dist)}</p></div>')
+    charts_html = f'<div class="grid">{"".join(charts)}</div>' if charts else \
+        '<p class="empty">No cross-validated curve stored in this calibration.</p>'
+
+    if rules:
+        body = "".join(
+            f'<tr><td>{_e(r.get("rule"))}</td><td class="n">{_e(_fmt(r.get("target")))}</td>'
+            f'<td class="n">{_e(_threshold(r.get("threshold")))}</td><td class="n">{_e(_fmt(r.get("precision")))}'
+            f'</td><td class="n">{_e(_fmt(r.get("recall")))}</td>'
+            f'<td class="n">{_e("v" + str(r["calibration"]) if r.get("calibration") is not None else "—")}</td></tr>'
+            for r in rules)
+        rules_html = ('<h3>Chosen points</h3><p class="sub">Each rule written <code>min: {precision: p}</code> keeps '
+                      "pairs whose quality is at least the lowest threshold from which every higher threshold "
+                      "reached p in cross-validation.</p>"
+                      '<table class="chosen"><thead><tr><th>rule</th><th class="n">target precision</th>'
+                      '<th class="n">quality threshold</th><th class="n">CV precision</th><th class="n">CV recall</th>'
+                      f'<th class="n">calibration</th></tr></thead><tbody>{body}</tbody></table>')
+    else:
+        rules_html = '<h3>Chosen points</h3><p class="empty">No rule asks for a precision target.</p>'
+
+    features = cal.get("features") or []
+    top = max([abs(f["coef"]) for f in features if _finite(f.get("coef"))] + [0.0])
+    feat_body = "".join(
+        f'<tr><td>{_e(f.get("feature"))}</td><td class="n">{_e(_signed(f.get("coef")))}</td>'
+        f'<td>{_coef_bar(f.get("coef"), top)}</td><td class="n">{_e(_fmt(f.get("mean")))}</td>'
+        f'<td class="n">{_e(_fmt(f.get("scale")))}</td></tr>' for f in features)
+    feat_html = ('<h3>Features</h3><p class="sub">Logistic-regression coefficients on standardised features (the '
+                 "change in log-odds of keeping the meaning per standard deviation), largest effect first; a dropped "
+                 "pair's <i>pulled down by</i> lists its features whose coefficient × standardised value was most "
+                 f'negative. Intercept {_e(_signed(cal.get("intercept")))}.</p>'
+                 '<table class="features"><thead><tr><th>feature</th><th class="n">coefficient</th>'
+                 '<th style="width:220px"></th><th class="n">mean</th><th class="n">SD</th></tr></thead>'
+                 f"<tbody>{feat_body}</tbody></table>")
+    return ('<section class="calibration"><h2>Calibrated quality</h2>'
+            f'<p class="sub">{_e(cal.get("summary") or "")}</p><div class="cards">{cards}</div>'
+            f'<dl class="lineage">{prov_html}</dl>{charts_html}{rules_html}{feat_html}</section>')
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if _finite(value) else "—"
 
 
 def _reasons_html(reasons: list[dict], n_dropped: int) -> str:
@@ -590,12 +859,18 @@ def _sample_card(sample: dict, side: str) -> str:
     reasons = "".join(f'<span class="chip reason">{_e(r)}</span>' for r in sample.get("reasons") or [])
     metrics = "".join(f'<span class="chip">{_e(m)} {_e(_fmt(v))}</span>'
                       for m, v in (sample.get("metrics") or {}).items())
+    why = ""
+    if "quality" in sample:  # a report with a calibration in use
+        why = f'<div class="why"><b>quality</b> {_e(_fmt(sample.get("quality")))}'
+        if sample.get("quality_why"):
+            why += f' · pulled down by <b>{_e(sample["quality_why"])}</b>'
+        why += "</div>"
     return (
         f'<div class="sample {side}"><div class="id">{_e(sample.get("pair_id"))} · source '
         f'{_e(sample.get("source_id"))}</div>'
         f'<div class="t"><b>source</b><span>{_e(_clip(sample.get("source")))}</span></div>'
         f'<div class="t"><b>paraphrase</b><span>{_e(_clip(sample.get("paraphrase")))}</span></div>'
-        f'<div class="chips">{reasons}{metrics}</div></div>'
+        f'<div class="chips">{reasons}{metrics}</div>{why}</div>'
     )
 
 

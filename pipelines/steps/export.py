@@ -11,8 +11,18 @@ import uuid
 
 import polars as pl
 
-from curation.export import SPLITS, assign_splits, card_metadata, render_card, write_dataset
+from curation.export import (
+    SPLITS,
+    assign_splits,
+    calibration_card,
+    calibration_card_info,
+    card_metadata,
+    md_text,
+    render_card,
+    write_dataset,
+)
 from pipelines.manifest import latest_manifests
+from pipelines.steps.calibrate import calibration_in_use
 from pipelines.store import Workdir, atomic_write_json
 from schemas.errors import StateError
 from schemas.recipe import ExportConfig
@@ -70,14 +80,21 @@ def exportable_pairs(wd: Workdir, include_source_copies: bool) -> pl.DataFrame:
 
 
 def _curation(wd: Workdir) -> dict | None:
-    """The current funnel and corpus metrics, for the card and the export's lineage (None if not curated)."""
+    """The current funnel and corpus metrics, for the card and the export's lineage (None if not curated); with
+    the calibration behind the scores' quality column and the thresholds the filter chose on it, if any."""
     fid = wd.current_set("decisions")
     if fid is None:
         return None
     funnel = wd.read_current("funnel").sort("step").select("rule", "description", "pairs_in", "dropped", "pairs_out")
     corpus = wd.read_current("corpus_metrics").drop("filter_id")
+    cal = calibration_in_use(wd)
+    info = None
+    if cal:
+        thresholds = (wd.stage_done("filter", fid) or {}).get("thresholds")
+        fitted_here = (wd.root / cal["path"]).resolve().is_relative_to((wd.root / "calibrations").resolve())
+        info = calibration_card_info(cal, thresholds, fitted_here)
     return {"filter_id": fid, "score_set": wd.current_set("scores"), "dedup_id": wd.current_set("dedup_links"),
-            "funnel": funnel.to_dicts(), "corpus_metrics": corpus.to_dicts()}
+            "funnel": funnel.to_dicts(), "corpus_metrics": corpus.to_dicts(), "calibration": info}
 
 
 def _fmt(v: object) -> str:
@@ -93,8 +110,8 @@ def _curation_section(cur: dict | None) -> str:
             "pairs_per_source"]
     metrics = "\n".join("| " + " | ".join([r["selection"], *(_fmt(r.get(c)) for c in cols)]) + " |"
                         for r in cur["corpus_metrics"])
-    funnel = "\n".join(f"| {r['rule']} | {r['description']} | {r['pairs_in']} | {r['dropped']} | {r['pairs_out']} |"
-                       for r in cur["funnel"])
+    funnel = "\n".join(f"| {md_text(r['rule'])} | {md_text(r['description'])} | {r['pairs_in']} | {r['dropped']} | "
+                       f"{r['pairs_out']} |" for r in cur["funnel"])
     return f"""## Curation
 Only pairs kept by the filter are included. Each rule, in order (`dropped` counts the pairs it removed first):
 
@@ -110,7 +127,7 @@ higher TED, WPD and LD mean more diverse paraphrases):
 {metrics}
 
 Filter set `{cur['filter_id']}`, score set `{cur['score_set']}`, dedup set `{cur['dedup_id']}`.
-"""
+""" + (f"\n{calibration_card(cur['calibration'])}" if cur.get("calibration") else "")
 
 
 # stages that read the corpus without changing its pairs: a run that did only these did not make the export
@@ -179,6 +196,9 @@ def made_by(lineage: dict) -> str:
 def _card_body(name: str, version: str, lineage: dict, frames: dict[str, pl.DataFrame]) -> str:
     c = lineage["counts"]
     teachers = "\n".join(f"- `{t['model']}` with prompt `{t['prompt_version']}`" for t in lineage["teachers"])
+    calibrated = (lineage.get("curation") or {}).get("calibration")
+    quality = ("\n- `quality`: the calibrated probability of a good paraphrase (see Quality calibration)."
+               if calibrated else "")
     split_rows = "\n".join(f"| {s} | {f.height} | {f['source_id'].n_unique() if f.height else 0} |"
                            for s, f in frames.items())
     return f"""# {name} {version}
@@ -219,7 +239,7 @@ Teacher:
   probability source => paraphrase and back), `rouge_l` (ROUGE-L F1), `bleu` (sentence BLEU, 0-100), `jaccard`
   (token-set Jaccard), `wpd`/`ld` (word position / lexical deviation), `ted_3`/`ted_f` (tree edit distance of
   dependency trees, top 3 levels / full), `len_ratio_chars`/`len_ratio_tokens`, `numbers_ok` (no number
-  absent from the source), `self_bleu` (BLEU against the other paraphrases of the same source).
+  absent from the source), `self_bleu` (BLEU against the other paraphrases of the same source).{quality}
 
 ## Load
 ```python
