@@ -83,14 +83,19 @@ class ModerationConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=1000, description="Texts per moderation request.")
 
 
-class _OpenAIBase(_Strict):
-    """What every OpenAI-compatible teacher shares: server, model, prompt, sampling, prices, budget."""
+class _Server(_Strict):
+    """An OpenAI-compatible server and the model asked there (teachers and the judge)."""
 
     model: str = Field(description="Model name the server knows, e.g. gpt-4o-mini (or a vLLM/llama.cpp/Ollama name).")
     base_url: str | None = Field(
         None, description="Server URL, e.g. http://127.0.0.1:8000/v1; empty = $OPENAI_BASE_URL, else api.openai.com.")
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key itself).")
+
+
+class _OpenAIBase(_Server):
+    """What every OpenAI-compatible teacher shares: server, model, prompt, sampling, prices, budget."""
+
     prompt: str = Field("paraphrase-list", description="Prompt template: shipped name, NAME@VERSION, or a YAML path.")
     n: int = Field(3, ge=1, le=64, description="Paraphrases wanted per source.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Method A used 0 with a list prompt.")
@@ -416,14 +421,9 @@ class LabelFileSpec(_Strict):
         None, description="Optional second label: a real rewrite rather than a copy (same values).")
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(_Server):
     """An LLM judge (`paradistill judge`): an OpenAI-compatible chat model labels a stratified sample of pairs."""
 
-    model: str = Field(description="Model name the server knows, e.g. gpt-4o-mini.")
-    base_url: str | None = Field(
-        None, description="Server URL, e.g. http://127.0.0.1:8000/v1; empty = $OPENAI_BASE_URL, else api.openai.com.")
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key itself).")
     prompt: str = Field("judge-meaning", description="Judge prompt: shipped name, NAME@VERSION, or a YAML path.")
     sample: int = Field(300, ge=1, description="Pairs to have judged in all (a rerun judges only the missing ones).")
     stratify_by: str = Field(
