@@ -11,6 +11,7 @@ as well as the bulk. Pairs whose value is null (or NaN) have no place on that ra
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from collections.abc import Iterable
@@ -49,7 +50,9 @@ def judge_messages(template: PromptTemplate, source: str, paraphrase: str) -> li
         msgs.append({"role": "user", "content": template.user.format(source=ex["source"],
                                                                     paraphrase=ex["paraphrase"])})
         msgs.append({"role": "assistant", "content": ex["output"]})
-    msgs.append({"role": "user", "content": template.user.format(source=source, paraphrase=paraphrase)})
+    # the pair's texts are data: escaped, a text holding "</paraphrase>" cannot close its tag early
+    msgs.append({"role": "user", "content": template.user.format(source=html.escape(source, quote=False),
+                                                                 paraphrase=html.escape(paraphrase, quote=False))})
     return msgs
 
 
