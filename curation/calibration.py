@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 import numpy as np
 import polars as pl
@@ -181,7 +180,3 @@ def describe(cal: dict) -> str:
     single = f"{best['column']} {best['auc']:.3f}" if best["column"] else "none"
     return (f"{cv['labels']} labels ({origin or 'unknown origin'}; {cv['positive']} keep the meaning), "
             f"{cv['folds']}-fold AUC {cv['auc']:.3f} (best single column: {single})")
-
-
-def is_finite(value: float) -> bool:
-    return value is not None and math.isfinite(value)

@@ -21,13 +21,11 @@ from pipelines.journal import recover
 from pipelines.steps import embed as embed_step
 from pipelines.steps.labels import current_labels
 from pipelines.steps.pairs import content_key
-from pipelines.steps.score import available_columns, score
+from pipelines.steps.score import PAIR_COLUMNS, available_columns, score
 from pipelines.store import Workdir, atomic_write_json
 from schemas.errors import RecipeError, StateError
 from schemas.recipe import CalibrateConfig, EmbedConfig, NLIConfig, ScoreConfig
 from schemas.tables import SCORES
-
-PAIR_COLUMNS = ["pair_id", "source_id", "candidate_id", "source", "paraphrase"]
 
 
 def usable_labels(wd: Workdir) -> pl.DataFrame:
@@ -54,7 +52,7 @@ def labelled_scores(wd: Workdir, labels: pl.DataFrame, score_cfg: ScoreConfig, e
     corpus = (wd.scan("scores").filter(pl.col("score_set") == base).drop("score_set")
               .join(labels.lazy().select("pair_id"), on="pair_id", how="semi").collect()
               .with_columns(in_scores=pl.lit(True)))
-    outside = labels.join(corpus.select("pair_id"), on="pair_id", how="anti").select(PAIR_COLUMNS)
+    outside = labels.join(corpus.select("pair_id"), on="pair_id", how="anti").select(*PAIR_COLUMNS)
     sets = {"scores": base, "label_scores": None}
     if outside.height:
         embed_step.embed_missing(wd, embed_cfg, outside, progress, backend=pool)
